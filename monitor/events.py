@@ -1,0 +1,166 @@
+"""The values that travel along the data path, and the interface of its outputs.
+
+source -> ``AudioFrame`` -> segmenter -> ``Segment`` -> worker -> ``Embedded``
+-> projector -> ``Point`` -> heat map and every ``PointSink`` (JSONL, dashboard
+server, store). Keeping them in one small module lets every stage agree on
+them without importing each other.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from monitor.heatmap import RollingHeatmap
+
+#: Every stage after the source works at this rate.
+SAMPLE_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class AudioFrame:
+    """A fixed-length block of 16 kHz mono int16 audio.
+
+    ``t_start`` is the session time of the first sample in seconds. It counts
+    samples, not wall-clock time, so replay at any speed keeps true times and a
+    gap left by dropped frames stays a gap.
+    """
+
+    samples: np.ndarray
+    t_start: float
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / SAMPLE_RATE
+
+    @property
+    def t_end(self) -> float:
+        return self.t_start + self.duration
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of speech cut by the segmenter, ready for the model.
+
+    ``audio`` is float32 in [-1, 1] at 16 kHz. ``closed_at`` is the
+    ``time.monotonic()`` instant the segmenter closed the segment: latency is
+    measured from there to the point being emitted.
+    """
+
+    index: int
+    t_start: float
+    t_end: float
+    audio: np.ndarray
+    closed_at: float
+
+    @property
+    def duration(self) -> float:
+        return self.t_end - self.t_start
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """The worker's output for one segment: emotion embedding and class probabilities."""
+
+    segment: Segment
+    embedding: np.ndarray
+    probabilities: np.ndarray
+
+
+@dataclass(frozen=True)
+class Point:
+    """One segment placed on the circumplex: what the dashboard, store and JSONL get."""
+
+    index: int
+    t_start: float
+    t_end: float
+    valence: float
+    arousal: float
+    confidence: float
+    probabilities: dict[str, float]
+    latency_ms: float
+    wall_time: float = field(default_factory=time.time)
+
+    @property
+    def duration(self) -> float:
+        return self.t_end - self.t_start
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A therapist's annotation at a session time."""
+
+    t: float
+    text: str
+    wall_time: float = field(default_factory=time.time)
+    source: str = "dashboard"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What outputs need to know about the session when it starts."""
+
+    session_id: str
+    started_at: float
+    model_id: str
+    model_version: str
+    device: str
+    labels: tuple[str, ...]
+    source: str
+    patient_id: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["labels"] = list(self.labels)
+        return data
+
+
+@dataclass(frozen=True)
+class Status:
+    """A periodic health report of the running pipeline."""
+
+    t: float
+    speech_active: bool
+    paused: bool
+    frame_queue: int
+    segment_queue: int
+    result_queue: int
+    dropped_frames: int
+    failed_segments: int
+    segments: int
+    points: int
+    device: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class PointSink(Protocol):
+    """Where points go: the JSONL writer, the dashboard server, the store.
+
+    The pipeline calls these from its dispatch thread; an implementation that
+    does slow work (network, disk) must hand it to its own thread through a
+    bounded queue and return at once. ``heatmap`` is the pipeline's live heat
+    map; it is safe to ``snapshot()`` from any thread.
+    """
+
+    def start(self, session: SessionInfo, heatmap: "RollingHeatmap") -> None: ...
+
+    def point(self, point: Point) -> None: ...
+
+    def mark(self, mark: Mark) -> None: ...
+
+    def status(self, status: Status) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,253 @@
+"""Speech backbones behind one interface: waveforms in, one pooled feature vector per segment out.
+
+- ``WavLMBackbone``: the method's self-supervised model (WavLM, or wav2vec2 /
+  HuBERT) loaded with ``from_pretrained`` from a hub id or a local folder, with
+  learnable softmax weights over all hidden layers and mean pooling over the
+  frames that hold real audio.
+- ``EgemapsBackbone``: openSMILE functionals (eGeMAPSv02 by default), the
+  offline default that needs no downloaded weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from monitor.events import SAMPLE_RATE
+
+WAVLM_KINDS = ("wavlm",)
+EGEMAPS_KINDS = ("egemaps",)
+FINETUNE_MODES = ("frozen", "transformer")
+
+
+class BackboneLoadError(RuntimeError):
+    """The backbone's weights could not be found or read; the message names the path or hub id."""
+
+
+class Backbone(nn.Module):
+    """Turns a list of 16 kHz float32 waveforms into a [batch, feature_dim] tensor."""
+
+    kind: str = ""
+    feature_dim: int = 0
+
+    def features(self, waves: Sequence[np.ndarray]) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def spec(self) -> dict[str, Any]:  # pragma: no cover - interface
+        """JSON description stored in the model bundle; ``build_backbone`` reverses it."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.parameters():
+            return tensor.device
+        for tensor in self.buffers():
+            return tensor.device
+        return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# openSMILE functionals
+# --------------------------------------------------------------------------------------------
+class EgemapsBackbone(Backbone):
+    """openSMILE functionals over each segment (eGeMAPSv02: 88 values; ComParE_2016: 6373).
+
+    Runs on the CPU whatever the device; the tensor it returns is moved to the
+    device of the module (so the head can sit on a GPU).
+    """
+
+    kind = "egemaps"
+    FEATURE_SETS = ("eGeMAPSv02", "ComParE_2016")
+
+    def __init__(self, feature_set: str = "eGeMAPSv02"):
+        super().__init__()
+        if feature_set not in self.FEATURE_SETS:
+            raise ValueError(f"unknown openSMILE feature set {feature_set!r}; choose from {self.FEATURE_SETS}")
+        import opensmile  # imported here: heavy, and only this backbone needs it
+
+        self.feature_set = feature_set
+        self._smile = opensmile.Smile(
+            feature_set=getattr(opensmile.FeatureSet, feature_set),
+            feature_level=opensmile.FeatureLevel.Functionals,
+        )
+        self.feature_names = list(self._smile.feature_names)
+        self.feature_dim = len(self.feature_names)
+        self.register_buffer("_device_marker", torch.zeros(0), persistent=False)
+
+    def extract(self, wave: np.ndarray) -> np.ndarray:
+        """Functionals of one waveform as float64 [feature_dim]."""
+        wave = np.ascontiguousarray(wave, dtype=np.float32)
+        values = self._smile.process_signal(wave, SAMPLE_RATE).to_numpy(dtype=np.float64)[0]
+        # openSMILE yields NaN for some functionals on very short or unvoiced input.
+        return np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def features(self, waves: Sequence[np.ndarray]) -> torch.Tensor:
+        rows = np.stack([self.extract(w) for w in waves]) if len(waves) else np.zeros((0, self.feature_dim))
+        return torch.as_tensor(rows, dtype=torch.float32, device=self.device)
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "feature_set": self.feature_set, "feature_dim": self.feature_dim}
+
+
+# --------------------------------------------------------------------------------------------
+# WavLM and friends
+# --------------------------------------------------------------------------------------------
+def _load_pretrained(source: str, revision: str | None):
+    from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+
+    try:
+        config = AutoConfig.from_pretrained(source, revision=revision)
+        model = AutoModel.from_pretrained(source, revision=revision)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        where = f"local folder {source!r}" if Path(source).exists() else f"hub id {source!r}"
+        raise BackboneLoadError(
+            f"could not load the speech backbone from {where}: {exc}. "
+            "Give --model a bundle whose backbone is a readable WavLM folder, or a hub id with internet access."
+        ) from exc
+    except Exception as exc:  # corrupt safetensors, truncated files, ...
+        raise BackboneLoadError(f"the speech backbone at {source!r} is unreadable or corrupt: {exc}") from exc
+    try:
+        extractor = AutoFeatureExtractor.from_pretrained(source, revision=revision)
+        normalize = bool(getattr(extractor, "do_normalize", True))
+    except (OSError, ValueError):
+        normalize = True
+    return config, model, normalize
+
+
+class WavLMBackbone(Backbone):
+    """A self-supervised speech model with learnable weights over its hidden layers.
+
+    The pooled feature is ``sum_l softmax(w)_l * mean_t(h_l[t])`` over the frames
+    that hold real audio, counted by the model's own convolution arithmetic.
+    """
+
+    kind = "wavlm"
+
+    def __init__(self, encoder: nn.Module, normalize_waveform: bool = True, finetune: str = "frozen",
+                 source: str = "", revision: str | None = None):
+        super().__init__()
+        if finetune not in FINETUNE_MODES:
+            raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {finetune!r}")
+        self.encoder = encoder
+        self.source = source
+        self.revision = revision
+        self.normalize_waveform = normalize_waveform
+        config = encoder.config
+        self.feature_dim = int(config.hidden_size)
+        self.num_layers = int(config.num_hidden_layers) + 1  # + the CNN/projection output
+        self.layer_logits = nn.Parameter(torch.zeros(self.num_layers))
+        # Group-normalised feature encoders (the Base models) see padding as signal, so
+        # only layer-normalised ones get padded batches; others run one length at a time.
+        self.pads_safely = getattr(config, "feat_extract_norm", "layer") == "layer"
+        self.set_finetune(finetune)
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, revision: str | None = None, finetune: str = "frozen") -> "WavLMBackbone":
+        source = str(source)
+        config, model, normalize = _load_pretrained(source, revision)
+        return cls(model, normalize_waveform=normalize, finetune=finetune, source=source, revision=revision)
+
+    def set_finetune(self, finetune: str) -> None:
+        """frozen: only the layer weights learn; transformer: the CNN encoder stays frozen, the rest learns."""
+        self.finetune = finetune
+        for p in self.encoder.parameters():
+            p.requires_grad = finetune == "transformer"
+        if finetune == "transformer":
+            feature_encoder = getattr(self.encoder, "feature_extractor", None)
+            if feature_encoder is not None:
+                for p in feature_encoder.parameters():
+                    p.requires_grad = False
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "WavLMBackbone":
+        """A frozen encoder stays in eval mode (no dropout) even while the layer weights train."""
+        super().train(mode)
+        if self.finetune == "frozen":
+            self.encoder.eval()
+        return self
+
+    def layer_weights(self) -> torch.Tensor:
+        return torch.softmax(self.layer_logits, dim=0)
+
+    def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
+        """Valid frames per input, from the model's own convolution arithmetic."""
+        return self.encoder._get_feat_extract_output_lengths(sample_lengths).long()
+
+    def prepare(self, waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad (and per-utterance normalise, as the checkpoint's feature extractor does) into a batch."""
+        lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
+        batch = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
+        for i, wave in enumerate(waves):
+            x = torch.as_tensor(np.asarray(wave, dtype=np.float32))
+            if self.normalize_waveform:
+                x = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-7)
+            batch[i, : len(x)] = x
+        return batch, lengths
+
+    def forward_padded(self, input_values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Pooled features for a padded batch [B, T] with true sample lengths [B]."""
+        lengths = lengths.to(input_values.device)
+        attention_mask = None
+        if self.pads_safely and bool((lengths < input_values.shape[1]).any()):
+            attention_mask = (torch.arange(input_values.shape[1], device=input_values.device)[None, :] < lengths[:, None]).long()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.finetune != "frozen"):
+            out = self.encoder(input_values, attention_mask=attention_mask, output_hidden_states=True, return_dict=True)
+        hidden = torch.stack(out.hidden_states, dim=0)  # [L, B, F, H]
+        frames = self.frame_lengths(lengths).clamp(min=1, max=hidden.shape[2])
+        mask = (torch.arange(hidden.shape[2], device=hidden.device)[None, :] < frames[:, None]).to(hidden.dtype)
+        pooled = (hidden * mask[None, :, :, None]).sum(dim=2) / frames[None, :, None].to(hidden.dtype)  # [L, B, H]
+        weights = self.layer_weights().to(pooled.dtype)
+        return torch.einsum("l,lbh->bh", weights, pooled).float()
+
+    def features(self, waves: Sequence[np.ndarray]) -> torch.Tensor:
+        if not len(waves):
+            return torch.zeros(0, self.feature_dim, device=self.device)
+        if self.pads_safely:
+            groups = [list(range(len(waves)))]
+        else:  # one forward per distinct length: padding would leak into group norm
+            by_length: dict[int, list[int]] = {}
+            for i, w in enumerate(waves):
+                by_length.setdefault(len(w), []).append(i)
+            groups = list(by_length.values())
+        out = torch.empty(len(waves), self.feature_dim, device=self.device)
+        for group in groups:
+            batch, lengths = self.prepare([waves[i] for i in group])
+            out[group] = self.forward_padded(batch.to(self.device), lengths)
+        return out
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "source": self.source,
+            "revision": self.revision,
+            "finetune": self.finetune,
+            "feature_dim": self.feature_dim,
+            "num_layers": self.num_layers,
+            "architecture": type(self.encoder).__name__,
+        }
+
+
+def build_backbone(spec: dict[str, Any], bundle_dir: str | Path | None = None) -> Backbone:
+    """Rebuild a backbone from its bundle spec.
+
+    A WavLM ``source`` that starts with ``bundle:`` is a folder inside the bundle
+    (a fine-tuned or test encoder saved with ``save_pretrained``); anything else
+    is a hub id or a local path.
+    """
+    kind = spec.get("kind")
+    if kind in EGEMAPS_KINDS:
+        return EgemapsBackbone(spec.get("feature_set", "eGeMAPSv02"))
+    if kind in WAVLM_KINDS:
+        source = str(spec["source"])
+        if source.startswith("bundle:"):
+            if bundle_dir is None:
+                raise BackboneLoadError(f"backbone source {source!r} is inside a bundle, but no bundle folder was given")
+            source = str(Path(bundle_dir) / source[len("bundle:"):])
+            if not Path(source).is_dir():
+                raise BackboneLoadError(f"the bundle's backbone folder is missing: {source}")
+        return WavLMBackbone.from_pretrained(source, revision=spec.get("revision"), finetune="frozen")
+    raise ValueError(f"unknown backbone kind {kind!r}; known: {WAVLM_KINDS + EGEMAPS_KINDS}")

@@ -1,0 +1,257 @@
+"""The model bundle: one folder with everything needed to go from audio to (valence, arousal).
+
+Layout (format ``mood-monitor-bundle``, version 1; see docs/bundle.md)::
+
+    bundle.json          what the model is: backbone spec, labels, anchors, head shape,
+                         normalisation mode, reducer summary, provenance, metrics
+    head.safetensors     head weights (+ the backbone's learnable layer weights)
+    normalization.npz    population feature statistics (no pickles)
+    reducer.json/.npz    the fitted anchored reducer (Stage II)
+    backbone/            optional: a WavLM saved with save_pretrained (fine-tuned or test encoders)
+
+Nothing in a bundle is a pickle: loading one never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from calibration.speaker import FeatureNormalizer
+
+BUNDLE_FORMAT = "mood-monitor-bundle"
+BUNDLE_VERSION = 1
+BACKBONE_DIR = "backbone"
+DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default_model"
+
+
+class BundleError(RuntimeError):
+    """A bundle is missing, incomplete or unreadable; the message names the path."""
+
+
+def default_bundle_path() -> Path:
+    """The bundle shipped with the package (trained on the shared corpora, non-commercial)."""
+    return DEFAULT_BUNDLE
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise BundleError(f"cannot read {path}: {exc}") from exc
+
+
+@dataclass
+class ModelBundle:
+    """A model bundle in memory. ``save`` writes it; ``load_bundle`` reads it back."""
+
+    backbone: dict[str, Any]
+    labels: list[str]
+    anchors: dict[str, tuple[float, float]]
+    head_config: dict[str, Any]
+    head_state: dict[str, torch.Tensor]
+    normalizer: FeatureNormalizer
+    reducer: Any = None  # calibration.reducer.AnchoredReducer
+    anchor_set: str = "custom"
+    name: str = "model"
+    version: str = "0"
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    encoder: Any = None  # a transformers model to write into backbone/ on save
+
+    @property
+    def model_id(self) -> str:
+        """Name, version and a short content hash: the exact model a stored point came from."""
+        digest = hashlib.sha256()
+        for key in sorted(self.head_state):
+            digest.update(key.encode())
+            digest.update(self.head_state[key].detach().cpu().contiguous().numpy().tobytes())
+        return f"{self.name}@{self.version}+{digest.hexdigest()[:10]}"
+
+    @classmethod
+    def from_model(cls, model, reducer, anchors: dict[str, tuple[float, float]], *, anchor_set: str = "custom",
+                   name: str = "model", version: str = "0", provenance: dict | None = None,
+                   metrics: dict | None = None, embed_backbone: bool = False) -> "ModelBundle":
+        """Package a trained ``EmotionModel`` and a fitted reducer.
+
+        ``embed_backbone=True`` stores the encoder's weights inside the bundle
+        (needed after fine-tuning, or for an encoder that is not on a hub).
+        """
+        from monitor.backbones import WavLMBackbone
+
+        head = model.head
+        head_state = {f"head.{k}": v.detach().cpu().clone() for k, v in head.state_dict().items()}
+        spec = dict(model.backbone.spec())
+        encoder = None
+        if isinstance(model.backbone, WavLMBackbone):
+            head_state["backbone.layer_logits"] = model.backbone.layer_logits.detach().cpu().clone()
+            spec["normalize_waveform"] = model.backbone.normalize_waveform
+            if embed_backbone:
+                spec["base_source"] = spec.get("source")
+                spec["source"] = f"bundle:{BACKBONE_DIR}"
+                encoder = model.backbone.encoder
+        return cls(
+            backbone=spec, labels=list(model.labels), anchors=dict(anchors), anchor_set=anchor_set,
+            head_config={"input_dim": head.input_dim, "n_classes": head.n_classes, "embedding_dim": head.embedding_dim},
+            head_state=head_state, normalizer=model.normalizer, reducer=reducer, name=name, version=version,
+            provenance=dict(provenance or {}), metrics=dict(metrics or {}), encoder=encoder,
+        )
+
+    # ---- building the runtime model ---------------------------------------------------
+    def build_model(self, precision: str = "auto"):
+        from monitor.backbones import WavLMBackbone, build_backbone
+        from monitor.model import EmotionHead, EmotionModel
+
+        backbone = build_backbone(self.backbone, self.path)
+        head = EmotionHead(**self.head_config)
+        head_state = {k[len("head."):]: v for k, v in self.head_state.items() if k.startswith("head.")}
+        try:
+            head.load_state_dict(head_state, strict=True)
+        except RuntimeError as exc:
+            raise BundleError(f"head weights do not match the head described in bundle.json: {exc}") from exc
+        if isinstance(backbone, WavLMBackbone):
+            logits = self.head_state.get("backbone.layer_logits")
+            if logits is None or logits.shape != backbone.layer_logits.shape:
+                raise BundleError(
+                    f"bundle has no layer weights for a {backbone.num_layers}-layer backbone "
+                    f"(found {None if logits is None else tuple(logits.shape)})"
+                )
+            with torch.no_grad():
+                backbone.layer_logits.copy_(logits)
+        return EmotionModel(backbone, head, self.normalizer, self.labels, precision=precision)
+
+    # ---- writing ----------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        norm_params, _ = self.normalizer.to_state()
+        return {
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "model_id": self.model_id,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "backbone": self.backbone,
+            "labels": list(self.labels),
+            "anchor_set": self.anchor_set,
+            "anchors": {k: [float(v[0]), float(v[1])] for k, v in self.anchors.items()},
+            "head": self.head_config,
+            "normalization": norm_params,
+            "reducer": self._reducer_summary(),
+            "provenance": self.provenance,
+            "metrics": self.metrics,
+        }
+
+    def _reducer_summary(self) -> dict[str, Any] | None:
+        if self.reducer is None:
+            return None
+        params = {k: v for k, v in self.reducer.get_params().items() if isinstance(v, (int, float, str, bool, type(None)))}
+        return {"class": type(self.reducer).__name__, "params": params, "files": ["reducer.json", "reducer.npz"]}
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the bundle to ``folder`` (created; existing bundle files are replaced)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.backbone.get("kind") == "wavlm" and str(self.backbone.get("source", "")).startswith("bundle:"):
+            target = folder / str(self.backbone["source"])[len("bundle:"):]
+            if self.encoder is not None:
+                self.encoder.save_pretrained(target)
+                _save_feature_extractor(target, self.backbone.get("normalize_waveform", True))
+            elif self.path is not None and (self.path / BACKBONE_DIR).is_dir() and self.path.resolve() != folder.resolve():
+                shutil.copytree(self.path / BACKBONE_DIR, target, dirs_exist_ok=True)
+            elif not target.is_dir():
+                raise BundleError("the bundle's backbone lives inside the bundle, but no encoder was given to save")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.head_state.items()}
+        save_file(state, str(folder / "head.safetensors"), metadata={"format": BUNDLE_FORMAT})
+        _, norm_arrays = self.normalizer.to_state()
+        np.savez(folder / "normalization.npz", **norm_arrays)
+        if self.reducer is not None:
+            self.reducer.save(folder)
+        (folder / "bundle.json").write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        self.path = folder
+        return folder
+
+
+def _save_feature_extractor(folder: Path, normalize: bool) -> None:
+    from transformers import Wav2Vec2FeatureExtractor
+
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, do_normalize=bool(normalize),
+                             return_attention_mask=True).save_pretrained(folder)
+
+
+def load_bundle(folder: str | Path | None = None) -> ModelBundle:
+    """Read a bundle folder (default: the shipped model). Raises ``BundleError`` naming what is wrong."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder) if folder is not None else default_bundle_path()
+    if not folder.exists():
+        raise BundleError(f"model bundle not found: {folder} (give --model a bundle folder, or leave it out for the default model)")
+    if folder.is_file() and folder.name == "bundle.json":
+        folder = folder.parent
+    meta_path = folder / "bundle.json"
+    if not meta_path.is_file():
+        raise BundleError(f"{folder} is not a model bundle: it has no bundle.json")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{meta_path} is not valid JSON: {exc}") from exc
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{meta_path} is not a {BUNDLE_FORMAT} file (format={meta.get('format')!r})")
+    if int(meta.get("format_version", 0)) > BUNDLE_VERSION:
+        raise BundleError(
+            f"{folder} uses bundle format {meta['format_version']}, newer than this program reads ({BUNDLE_VERSION}); upgrade mood-monitor"
+        )
+    head_path = folder / "head.safetensors"
+    if not head_path.is_file():
+        raise BundleError(f"model bundle {folder} is missing head.safetensors")
+    try:
+        head_state = load_file(str(head_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BundleError(f"{head_path} is corrupt or unreadable: {exc}") from exc
+    norm_path = folder / "normalization.npz"
+    norm_arrays = _read_npz(norm_path) if norm_path.is_file() else {}
+    try:
+        normalizer = FeatureNormalizer.from_state(meta.get("normalization", {"mode": "none"}), norm_arrays)
+    except (ValueError, KeyError) as exc:
+        raise BundleError(f"{folder}: normalisation state is incomplete: {exc}") from exc
+    reducer = None
+    if meta.get("reducer"):
+        from calibration.reducer import AnchoredReducer
+
+        try:
+            reducer = AnchoredReducer.load(folder)
+        except FileNotFoundError as exc:
+            raise BundleError(f"model bundle {folder} names a reducer but its file is missing: {exc}") from exc
+        except Exception as exc:
+            raise BundleError(f"the reducer in {folder} is unreadable: {exc}") from exc
+    try:
+        bundle = ModelBundle(
+            backbone=dict(meta["backbone"]),
+            labels=list(meta["labels"]),
+            anchors={k: (float(v[0]), float(v[1])) for k, v in meta["anchors"].items()},
+            head_config=dict(meta["head"]),
+            head_state=head_state,
+            normalizer=normalizer,
+            reducer=reducer,
+            anchor_set=str(meta.get("anchor_set", "custom")),
+            name=str(meta.get("name", folder.name)),
+            version=str(meta.get("version", "0")),
+            provenance=dict(meta.get("provenance", {})),
+            metrics=dict(meta.get("metrics", {})),
+            path=folder,
+        )
+    except KeyError as exc:
+        raise BundleError(f"{meta_path} lacks the field {exc}") from exc
+    return bundle

@@ -1,0 +1,170 @@
+"""``mood-monitor`` / ``python run_monitor.py``: run a live (or replayed) mood-monitoring session."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from monitor.heatmap import HeatmapConfig
+from monitor.segmenter import VadConfig
+from monitor.worker import WorkerConfig
+
+log = logging.getLogger("monitor")
+
+EXIT_OK, EXIT_ENDED_EARLY, EXIT_SETUP = 0, 1, 2
+
+DESCRIPTION = """\
+Listen to speech (a microphone, or a recording with --input), place every
+stretch of speech on Russell's valence-arousal circumplex, and keep a rolling
+heat map of where the session has been.
+
+examples:
+  mood-monitor                                   # default microphone, shipped model
+  mood-monitor --list-devices                    # which microphones exist
+  mood-monitor --device 2                        # use input device 2
+  mood-monitor --input session.wav --fast --jsonl -   # replay a file as fast as possible, points to stdout
+  mood-monitor --model my_bundle/ --compute cuda # your own model bundle on a GPU
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mood-monitor", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("audio input")
+    src.add_argument("--input", metavar="FILE", help="replay a WAV/FLAC/OGG recording instead of the microphone "
+                     "(any sample rate or channel count)")
+    src.add_argument("--fast", action="store_true", help="with --input: run as fast as possible instead of in real time")
+    src.add_argument("--device", metavar="ID", help="microphone: device number or name (see --list-devices); default: the system's")
+    src.add_argument("--list-devices", action="store_true", help="print the audio devices and exit")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--model", metavar="BUNDLE", help="model bundle folder (default: the shipped eGeMAPS model)")
+    model.add_argument("--compute", default="auto", metavar="DEV",
+                       help="where the model runs: auto (CUDA if present, else CPU), cpu, cuda, cuda:1 (default: auto)")
+    model.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                       help="auto = bf16/fp16 on a GPU, fp32 on the CPU (default: auto)")
+    model.add_argument("--max-batch", type=int, default=8, metavar="N", help="segments embedded together at most (default: 8)")
+    model.add_argument("--max-wait-ms", type=float, default=20.0, metavar="MS",
+                       help="how long the worker waits for more segments to batch (default: 20)")
+
+    vad = p.add_argument_group("speech segmentation (voice activity detection)")
+    vad.add_argument("--vad-aggressiveness", type=int, default=2, choices=[0, 1, 2, 3],
+                     help="0 keeps most sound as speech, 3 is strictest (default: 2)")
+    vad.add_argument("--frame-ms", type=int, default=30, choices=[10, 20, 30], help="VAD frame length (default: 30)")
+    vad.add_argument("--start-padding-ms", type=int, default=300, metavar="MS",
+                     help="look-back window that decides speech onset, kept as pre-roll (default: 300)")
+    vad.add_argument("--end-padding-ms", type=int, default=600, metavar="MS",
+                     help="silence that ends a segment (default: 600)")
+    vad.add_argument("--min-segment", type=float, default=0.5, metavar="S", help="drop speech shorter than this (default: 0.5 s)")
+    vad.add_argument("--max-segment", type=float, default=6.0, metavar="S",
+                     help="cut longer speech into windows of this length, so a monologue still yields points (default: 6 s)")
+
+    hm = p.add_argument_group("heat map")
+    hm.add_argument("--heatmap-bins", type=int, default=48, metavar="N", help="cells per axis (default: 48)")
+    hm.add_argument("--heatmap-mode", choices=["decay", "window"], default="decay",
+                    help="decay: old speech fades with a half-life; window: only the last --window seconds count")
+    hm.add_argument("--half-life", type=float, default=120.0, metavar="S", help="decay half-life (default: 120 s)")
+    hm.add_argument("--window", type=float, default=300.0, metavar="S", help="window length (default: 300 s)")
+    hm.add_argument("--smoothing", type=float, default=1.0, metavar="CELLS", help="Gaussian blur of the map (default: 1 cell; 0 = none)")
+
+    out = p.add_argument_group("outputs")
+    out.add_argument("--jsonl", metavar="PATH", help="write one JSON object per point to PATH ('-' = stdout)")
+    out.add_argument("--summary-json", metavar="PATH", help="write the session summary as JSON to PATH")
+    out.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    return p
+
+
+def _configs(args) -> tuple[VadConfig, WorkerConfig, HeatmapConfig]:
+    vad = VadConfig(aggressiveness=args.vad_aggressiveness, frame_ms=args.frame_ms,
+                    start_padding_ms=args.start_padding_ms, end_padding_ms=args.end_padding_ms,
+                    min_segment_s=args.min_segment, max_segment_s=args.max_segment)
+    worker = WorkerConfig(device=args.compute, precision=args.precision, max_batch=args.max_batch,
+                          max_wait_ms=args.max_wait_ms)
+    heatmap = HeatmapConfig(bins=args.heatmap_bins, mode=args.heatmap_mode, half_life_s=args.half_life,
+                            window_s=args.window, smoothing_sigma=args.smoothing)
+    return vad, worker, heatmap
+
+
+def _open_source(args, frame_ms: int):
+    from monitor.sources import FileSource, MicrophoneSource
+
+    if args.input:
+        return FileSource(args.input, frame_ms=frame_ms, realtime=not args.fast)
+    device = args.device
+    if device is not None and str(device).isdigit():
+        device = int(device)
+    return MicrophoneSource(device=device, frame_ms=frame_ms)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.fast and not args.input:
+        parser.error("--fast only applies to --input replay")
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars would clutter the session output
+    from monitor.audio_io import AudioInputError
+    from monitor.bundle import BundleError, load_bundle
+    from monitor.sources import list_devices
+
+    if args.list_devices:
+        try:
+            print(list_devices())
+            return EXIT_OK
+        except AudioInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_SETUP
+
+    try:
+        vad, worker_cfg, heatmap_cfg = _configs(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    from monitor.backbones import BackboneLoadError
+    from monitor.events import SessionInfo
+    from monitor.model import EmotionModel, choose_device
+    from monitor.outputs import JsonlSink
+    from monitor.pipeline import MonitorConfig, MonitorPipeline, new_session_id
+    from monitor.projection import Projector
+
+    try:
+        source = _open_source(args, vad.frame_ms)
+        bundle = load_bundle(args.model)
+        device = choose_device(worker_cfg.device)
+        model = EmotionModel.from_bundle(bundle, device=str(device), precision=worker_cfg.precision)
+        projector = Projector(bundle.reducer, bundle.labels)
+    except (AudioInputError, BundleError, BackboneLoadError, RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_SETUP
+
+    config = MonitorConfig(vad=vad, worker=worker_cfg, heatmap=heatmap_cfg)
+    session = SessionInfo(
+        session_id=new_session_id(), started_at=time.time(), model_id=bundle.model_id, model_version=bundle.version,
+        device=str(device), labels=tuple(bundle.labels), source=source.description,
+        settings=config.to_dict(),
+    )
+    sinks = []
+    if args.jsonl:
+        sinks.append(JsonlSink(args.jsonl))
+    pipeline = MonitorPipeline(source, model, projector, sinks=sinks, config=config, session=session)
+    log.info("session %s: %s on %s, model %s", session.session_id, source.description, device, bundle.model_id)
+    if not args.input:
+        log.info("listening; press Ctrl-C to end the session")
+    summary = pipeline.run()
+    print(summary.format(), file=sys.stderr)
+    if args.summary_json:
+        import json
+
+        Path(args.summary_json).write_text(json.dumps(summary.to_dict(), indent=2))
+    return EXIT_ENDED_EARLY if summary.error else EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Voice-activity segmentation with webrtcvad: frames in, speech segments out.
+
+Speech starts when most frames of a short look-back window are voiced (the
+window is kept as pre-roll, so onsets are not clipped) and ends after a
+hangover of mostly unvoiced frames. Long speech is cut into windows of at most
+``max_segment_s`` so a monologue still yields a point every few seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from monitor.events import SAMPLE_RATE, AudioFrame, Segment
+
+
+@dataclass
+class VadConfig:
+    """Segmenter settings.
+
+    aggressiveness: webrtcvad's 0 (keeps most audio) .. 3 (strictest about what is speech).
+    frame_ms: 10, 20 or 30. start_padding_ms: look-back window that decides an onset and is kept as pre-roll.
+    end_padding_ms: hangover of non-speech that ends a segment. trigger_ratio: share of voiced
+    (onset) or unvoiced (end) frames in those windows. min_segment_s: shorter segments are dropped.
+    max_segment_s: longer speech is cut into windows of this length.
+    """
+
+    aggressiveness: int = 2
+    frame_ms: int = 30
+    start_padding_ms: int = 300
+    end_padding_ms: int = 600
+    trigger_ratio: float = 0.75
+    min_segment_s: float = 0.5
+    max_segment_s: float = 6.0
+
+    def __post_init__(self) -> None:
+        if self.aggressiveness not in (0, 1, 2, 3):
+            raise ValueError(f"VAD aggressiveness must be 0-3, got {self.aggressiveness}")
+        if self.frame_ms not in (10, 20, 30):
+            raise ValueError(f"VAD frame length must be 10, 20 or 30 ms, got {self.frame_ms}")
+        if self.start_padding_ms < self.frame_ms or self.end_padding_ms < self.frame_ms:
+            raise ValueError("VAD paddings must be at least one frame long")
+        if not 0.0 < self.trigger_ratio <= 1.0:
+            raise ValueError("VAD trigger ratio must be in (0, 1]")
+        if self.min_segment_s < 0 or self.max_segment_s <= 0 or self.min_segment_s > self.max_segment_s:
+            raise ValueError("need 0 <= min segment length <= max segment length, and max > 0")
+
+    @property
+    def frame_samples(self) -> int:
+        return SAMPLE_RATE * self.frame_ms // 1000
+
+
+class VadSegmenter:
+    """Stateful: feed frames with ``push``; call ``flush`` at the end of the stream."""
+
+    def __init__(self, config: VadConfig | None = None):
+        import webrtcvad
+
+        self.config = config or VadConfig()
+        self._vad = webrtcvad.Vad(self.config.aggressiveness)
+        self._start_window: deque[tuple[AudioFrame, bool]] = deque(maxlen=max(self.config.start_padding_ms // self.config.frame_ms, 1))
+        self._end_window: deque[bool] = deque(maxlen=max(self.config.end_padding_ms // self.config.frame_ms, 1))
+        self._current: list[AudioFrame] = []
+        self._in_speech = False
+        self._expected_t: float | None = None
+        self._next_index = 0
+        self.speech_seconds = 0.0
+        self.discarded_short = 0
+
+    @property
+    def speech_active(self) -> bool:
+        return self._in_speech
+
+    def is_speech(self, frame: AudioFrame) -> bool:
+        if len(frame.samples) != self.config.frame_samples:
+            raise ValueError(f"VAD needs {self.config.frame_samples}-sample frames, got {len(frame.samples)}")
+        return self._vad.is_speech(np.ascontiguousarray(frame.samples, dtype=np.int16).tobytes(), SAMPLE_RATE)
+
+    def push(self, frame: AudioFrame) -> list[Segment]:
+        out: list[Segment] = []
+        if self._expected_t is not None and abs(frame.t_start - self._expected_t) > 1e-6:
+            out += self.flush()  # a gap (dropped audio): never stitch across it
+        self._expected_t = frame.t_end
+        voiced = self.is_speech(frame)
+        if not self._in_speech:
+            self._start_window.append((frame, voiced))
+            voiced_count = sum(v for _, v in self._start_window)
+            if voiced_count >= self.config.trigger_ratio * self._start_window.maxlen:
+                self._in_speech = True
+                self._current = [f for f, _ in self._start_window]
+                self._start_window.clear()
+                self._end_window.clear()
+            return out
+        if self._current and frame.t_end - self._current[0].t_start > self.config.max_segment_s + 1e-9:
+            out += self._emit()  # the window is full: still in speech, this frame opens the next one
+        self._current.append(frame)
+        self._end_window.append(voiced)
+        unvoiced = len(self._end_window) - sum(self._end_window)
+        if len(self._end_window) == self._end_window.maxlen and unvoiced >= self.config.trigger_ratio * self._end_window.maxlen:
+            out += self._emit()
+            self._in_speech = False
+            self._end_window.clear()
+        return out
+
+    def flush(self) -> list[Segment]:
+        """Close any open segment (end of input, pause, or a gap in the audio)."""
+        out = self._emit() if self._current else []
+        self._in_speech = False
+        self._start_window.clear()
+        self._end_window.clear()
+        self._expected_t = None
+        return out
+
+    def _emit(self) -> list[Segment]:
+        frames, self._current = self._current, []
+        t_start, t_end = frames[0].t_start, frames[-1].t_end
+        if t_end - t_start < self.config.min_segment_s - 1e-9:
+            self.discarded_short += 1
+            return []
+        audio = np.concatenate([f.samples for f in frames]).astype(np.float32) / 32768.0
+        segment = Segment(index=self._next_index, t_start=t_start, t_end=t_end, audio=audio, closed_at=time.monotonic())
+        self._next_index += 1
+        self.speech_seconds += t_end - t_start
+        return [segment]

@@ -1,0 +1,118 @@
+"""The embedding worker: its own thread turns waiting segments into emotion embeddings.
+
+It takes whatever segments are waiting (up to ``max_batch``, waiting at most
+``max_wait_ms`` for more once one has arrived), runs the model on them as one
+batch, and passes results on. A batch that fails is retried one segment at a
+time so that one bad segment is logged, counted and skipped while the others
+go through; the session goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+from monitor.events import Embedded, Segment
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+@dataclass
+class WorkerConfig:
+    """device: auto | cpu | cuda[:N]. precision: auto (bf16/fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16."""
+
+    device: str = "auto"
+    precision: str = "auto"
+    max_batch: int = 8
+    max_wait_ms: float = 20.0
+    queue_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.queue_size < 1 or self.max_wait_ms < 0:
+            raise ValueError("worker batch size and queue size must be >= 1, wait >= 0")
+
+
+class EmbeddingWorker(threading.Thread):
+    """Consumes ``Segment``s from a bounded queue; puts ``Embedded`` results on ``results``.
+
+    ``model`` is anything with ``embed_waveforms(list_of_waves, baseline)``
+    returning (embeddings, probabilities), i.e. ``monitor.model.EmotionModel``.
+    """
+
+    def __init__(self, model, config: WorkerConfig | None = None, results: queue.Queue | None = None,
+                 baseline=None):
+        super().__init__(name="embedding-worker", daemon=True)
+        self.model = model
+        self.config = config or WorkerConfig()
+        self.baseline = baseline
+        self.segments: queue.Queue = queue.Queue(maxsize=self.config.queue_size)
+        self.results: queue.Queue = results if results is not None else queue.Queue(maxsize=self.config.queue_size)
+        self.failed_segments = 0
+        self.processed_segments = 0
+        self.batches = 0
+        self.forward_seconds = 0.0
+        self.last_error: str | None = None
+
+    # ---- producer side ---------------------------------------------------------------
+    def submit(self, segment: Segment, timeout: float | None = None) -> None:
+        """Queue a segment; blocks while the queue is full (back-pressure toward the source)."""
+        self.segments.put(segment, timeout=timeout)
+
+    def close(self) -> None:
+        """Finish the queued segments, then stop (the results queue gets ``None`` last)."""
+        self.segments.put(_STOP)
+
+    # ---- the thread ------------------------------------------------------------------
+    def _next_batch(self) -> tuple[list[Segment], bool]:
+        first = self.segments.get()
+        if first is _STOP:
+            return [], True
+        batch = [first]
+        deadline = time.monotonic() + self.config.max_wait_ms / 1000.0
+        while len(batch) < self.config.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                item = self.segments.get(timeout=remaining) if remaining > 0 else self.segments.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _embed(self, batch: list[Segment]) -> list[Embedded]:
+        started = time.perf_counter()
+        embeddings, probabilities = self.model.embed_waveforms([s.audio for s in batch], self.baseline)
+        self.forward_seconds += time.perf_counter() - started
+        self.batches += 1
+        return [Embedded(s, embeddings[i], probabilities[i]) for i, s in enumerate(batch)]
+
+    def process(self, batch: list[Segment]) -> list[Embedded]:
+        """Embed a batch; on failure, retry one by one and skip only the segments that fail."""
+        try:
+            return self._embed(batch)
+        except Exception as exc:  # noqa: BLE001 - one segment must never end the session
+            if len(batch) == 1:
+                self.failed_segments += 1
+                self.last_error = f"segment {batch[0].index} ({batch[0].t_start:.2f}-{batch[0].t_end:.2f} s): {exc}"
+                log.warning("embedding failed for %s", self.last_error, exc_info=log.isEnabledFor(logging.DEBUG))
+                return []
+        done: list[Embedded] = []
+        for segment in batch:
+            done += self.process([segment])
+        return done
+
+    def run(self) -> None:
+        stop = False
+        while not stop:
+            batch, stop = self._next_batch()
+            if batch:
+                for result in self.process(batch):
+                    self.results.put(result)
+                    self.processed_segments += 1
+        self.results.put(None)

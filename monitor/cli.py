@@ -70,6 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
     hm.add_argument("--window", type=float, default=300.0, metavar="S", help="window length (default: 300 s)")
     hm.add_argument("--smoothing", type=float, default=1.0, metavar="CELLS", help="Gaussian blur of the map (default: 1 cell; 0 = none)")
 
+    dash = p.add_argument_group("dashboard (websocket + web page, same port)")
+    dash.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard server")
+    dash.add_argument("--host", default="127.0.0.1",
+                      help="address to bind (default: 127.0.0.1, this computer only; 0.0.0.0 exposes clinical data to the network)")
+    dash.add_argument("--port", type=int, default=8765, help="port for the page and the websocket (default: 8765; 0 = any free port)")
+    dash.add_argument("--token", help="access token the page and websocket require (default: a new random one, printed at start)")
+    dash.add_argument("--certfile", help="TLS certificate (PEM) to serve https/wss")
+    dash.add_argument("--keyfile", help="TLS private key (PEM) for --certfile")
+
+    store = p.add_argument_group("storage (every point is kept per patient; no audio unless asked)")
+    store.add_argument("--patient", metavar="ID", help="pseudonymous patient id the session belongs to (no names needed)")
+    store.add_argument("--db", metavar="PATH", help="SQLite file to store sessions in (default: DATA_DIR/mood-monitor.sqlite)")
+    store.add_argument("--data-dir", metavar="DIR", help="data folder (default: $MOOD_MONITOR_DATA_DIR or ~/.local/share/mood-monitor)")
+    store.add_argument("--no-store", action="store_true", help="keep nothing on disk (points still go to --jsonl and the dashboard)")
+    store.add_argument("--keep-audio", action="store_true", help="also store each speech segment's audio (off by default: clinical data)")
+    store.add_argument("--enroll", metavar="FILE",
+                       help="with --patient: record FILE (30-60 s of calm speech) as the patient's baseline, then exit "
+                            "unless --input is also given; later sessions reuse it")
+
     out = p.add_argument_group("outputs")
     out.add_argument("--jsonl", metavar="PATH", help="write one JSON object per point to PATH ('-' = stdout)")
     out.add_argument("--summary-json", metavar="PATH", help="write the session summary as JSON to PATH")
@@ -148,12 +167,27 @@ def main(argv: list[str] | None = None) -> int:
     session = SessionInfo(
         session_id=new_session_id(), started_at=time.time(), model_id=bundle.model_id, model_version=bundle.version,
         device=str(device), labels=tuple(bundle.labels), source=source.description,
-        settings=config.to_dict(),
+        settings=config.to_dict(), patient_id=args.patient,
     )
     sinks = []
     if args.jsonl:
         sinks.append(JsonlSink(args.jsonl))
+    store = None
+    if not args.no_store:
+        from monitor.store import Store, StoreSink, default_db_path
+
+        store = Store.open(args.db or default_db_path(args.data_dir))
+        sinks.append(StoreSink(store, patient_id=args.patient, keep_audio=args.keep_audio))
+    server = None
+    if not args.no_dashboard:
+        from monitor.server import DashboardServer, ServerConfig
+
+        server = DashboardServer(ServerConfig(host=args.host, port=args.port, token=args.token,
+                                              certfile=args.certfile, keyfile=args.keyfile), store=store)
+        sinks.append(server)
     pipeline = MonitorPipeline(source, model, projector, sinks=sinks, config=config, session=session)
+    if server is not None:
+        server.controls = pipeline  # pause/resume/mark from the dashboard
     log.info("session %s: %s on %s, model %s", session.session_id, source.description, device, bundle.model_id)
     if not args.input:
         log.info("listening; press Ctrl-C to end the session")

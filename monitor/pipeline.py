@@ -98,6 +98,7 @@ class MonitorPipeline:
         self.projector = projector
         self.heatmap = RollingHeatmap(self.config.heatmap)
         self.sinks = list(sinks)
+        self._audio_sinks = [s for s in self.sinks if callable(getattr(s, "segment_audio", None))]
         self.session = session or SessionInfo(
             session_id=new_session_id(), started_at=time.time(), model_id="unknown", model_version="",
             device=self.config.worker.device, labels=tuple(projector.labels), source=source.description,
@@ -168,6 +169,12 @@ class MonitorPipeline:
         self._latencies.append(point.latency_ms)
         self._points += 1
         self._fan_out("point", point)
+        for sink in self._audio_sinks:  # only outputs that asked to keep audio (--keep-audio)
+            try:
+                sink.segment_audio(point, item.segment.audio)
+            except Exception as exc:  # noqa: BLE001
+                self._sink_errors += 1
+                log.warning("output %s failed to keep audio: %s", type(sink).__name__, exc)
 
     def _fan_out(self, method: str, value) -> None:
         for sink in self.sinks:

@@ -1,0 +1,109 @@
+"""The embedding worker: batching, failure isolation, draining on close."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from monitor.events import Segment
+from monitor.worker import EmbeddingWorker, WorkerConfig
+
+
+class RecordingModel:
+    """Embeds by simple statistics; fails on segments whose audio is all 0.5 (a 'poisoned' segment)."""
+
+    def __init__(self, delay: float = 0.0):
+        self.batches: list[int] = []
+        self.delay = delay
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def embed_waveforms(self, waves, baseline=None):
+        self.gate.wait()
+        self.batches.append(len(waves))
+        if any(np.all(w == 0.5) for w in waves):
+            raise RuntimeError("poisoned segment")
+        time.sleep(self.delay)
+        emb = np.stack([np.full(100, w.mean(), dtype=np.float32) for w in waves])
+        probs = np.tile(np.array([0.7, 0.2, 0.1], dtype=np.float32), (len(waves), 1))
+        return emb, probs
+
+
+def seg(i: int, value: float = 0.1) -> Segment:
+    return Segment(index=i, t_start=float(i), t_end=i + 1.0, audio=np.full(1600, value, dtype=np.float32),
+                   closed_at=time.monotonic())
+
+
+def drain(worker: EmbeddingWorker) -> list:
+    out = []
+    while (item := worker.results.get(timeout=10)) is not None:
+        out.append(item)
+    return out
+
+
+def test_waiting_segments_are_batched_up_to_max_batch():
+    model = RecordingModel()
+    model.gate.clear()  # hold the first call so segments pile up behind it
+    worker = EmbeddingWorker(model, WorkerConfig(max_batch=4, max_wait_ms=5))
+    worker.start()
+    worker.submit(seg(0))
+    time.sleep(0.05)
+    for i in range(1, 10):
+        worker.submit(seg(i))
+    model.gate.set()
+    worker.close()
+    results = drain(worker)
+    assert [r.segment.index for r in results] == list(range(10))
+    assert model.batches[0] == 1 and max(model.batches) == 4 and sum(model.batches) == 10
+    assert worker.batches == len(model.batches)
+
+
+def test_one_bad_segment_is_skipped_and_counted():
+    model = RecordingModel()
+    worker = EmbeddingWorker(model, WorkerConfig(max_batch=8, max_wait_ms=50))
+    for i in range(5):
+        worker.submit(seg(i, 0.5 if i == 2 else 0.1))
+    worker.start()
+    worker.close()
+    results = drain(worker)
+    assert [r.segment.index for r in results] == [0, 1, 3, 4]
+    assert worker.failed_segments == 1
+    assert "segment 2" in worker.last_error and "poisoned" in worker.last_error
+    np.testing.assert_allclose(results[0].embedding, 0.1, rtol=1e-5)
+    assert results[0].probabilities.shape == (3,)
+
+
+def test_queue_is_bounded_and_applies_back_pressure():
+    model = RecordingModel()
+    model.gate.clear()
+    worker = EmbeddingWorker(model, WorkerConfig(queue_size=3, max_batch=1))
+    worker.start()
+    worker.submit(seg(0))
+    time.sleep(0.05)  # the worker holds segment 0 inside the (gated) model
+    for i in range(1, 4):
+        worker.submit(seg(i), timeout=1)
+    with pytest.raises(Exception):  # queue.Full: the producer is held back, memory does not grow
+        worker.submit(seg(4), timeout=0.1)
+    model.gate.set()
+    worker.close()
+    assert len(drain(worker)) == 4
+
+
+def test_close_drains_everything_queued():
+    model = RecordingModel(delay=0.01)
+    worker = EmbeddingWorker(model, WorkerConfig(max_batch=2))
+    worker.start()
+    for i in range(7):
+        worker.submit(seg(i))
+    worker.close()
+    assert len(drain(worker)) == 7
+    worker.join(timeout=5)
+    assert not worker.is_alive()
+
+
+def test_bad_config():
+    with pytest.raises(ValueError):
+        WorkerConfig(max_batch=0)

@@ -170,6 +170,25 @@ class WavLMBackbone(Backbone):
             self.encoder.eval()
         return self
 
+    def quantize_int8(self) -> None:
+        """Dynamic int8 weights for the transformer's feed-forward layers (CPU inference only).
+
+        The feed-forward blocks hold most of the transformer's arithmetic; the
+        attention projections are left alone because WavLM's attention reads
+        their weights directly.
+        """
+        import warnings
+
+        from torch.ao.quantization import quantize_dynamic
+
+        layers = getattr(getattr(self.encoder, "encoder", None), "layers", None)
+        if layers is None:
+            raise ValueError(f"int8 needs a transformer with encoder.layers; {type(self.encoder).__name__} has none")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for layer in layers:
+                layer.feed_forward = quantize_dynamic(layer.feed_forward, {nn.Linear}, dtype=torch.qint8)
+
     def layer_weights(self) -> torch.Tensor:
         return torch.softmax(self.layer_logits, dim=0)
 

@@ -29,14 +29,14 @@ def choose_device(requested: str = "auto") -> torch.device:
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """Mixed precision on GPUs (bf16 where supported, else fp16); full fp32 on the CPU unless asked."""
-    if precision == "fp32":
+    if precision in ("fp32", "int8"):
         return None
     if precision == "bf16":
         return torch.bfloat16
     if precision == "fp16":
         return torch.float16
     if precision != "auto":
-        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+        raise ValueError(f"precision must be auto, fp32, bf16, fp16 or int8, got {precision!r}")
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -95,7 +95,14 @@ class EmotionModel(nn.Module):
         if not isinstance(bundle, ModelBundle):
             bundle = load_bundle(bundle)
         model = bundle.build_model(precision=precision)
-        return model.to(choose_device(device)).eval()
+        target = choose_device(device)
+        if precision == "int8":
+            if target.type != "cpu":
+                raise ValueError("int8 precision is for CPU inference; use auto, bf16 or fp16 on a GPU")
+            quantize = getattr(model.backbone, "quantize_int8", None)
+            if quantize is not None:
+                quantize()
+        return model.to(target).eval()
 
     def embed_features(self, features: np.ndarray | torch.Tensor,
                        baseline: SpeakerBaseline | None = None) -> tuple[np.ndarray, np.ndarray]:

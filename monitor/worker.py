@@ -24,12 +24,16 @@ _STOP = object()
 
 @dataclass
 class WorkerConfig:
-    """device: auto | cpu | cuda[:N]. precision: auto (bf16/fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16."""
+    """device: auto | cpu | cuda[:N]. precision: auto (bf16/fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16 | int8 (CPU).
+
+    max_wait_ms: once a segment is waiting, how long to wait for more to batch
+    with it; 0 takes only what is already queued (lowest latency for one stream).
+    """
 
     device: str = "auto"
     precision: str = "auto"
     max_batch: int = 8
-    max_wait_ms: float = 20.0
+    max_wait_ms: float = 0.0
     queue_size: int = 64
 
     def __post_init__(self) -> None:

@@ -190,3 +190,15 @@ def test_egemaps_backbone_on_real_clips(ravdess_clips):
     assert build_backbone(backbone.spec()).feature_dim == 88
     with pytest.raises(ValueError, match="feature set"):
         EgemapsBackbone("MFCC")
+
+
+def test_int8_cpu_path_stays_close_to_fp32(tiny_bundle):
+    fp32 = EmotionModel.from_bundle(tiny_bundle, device="cpu", precision="fp32")
+    int8 = EmotionModel.from_bundle(tiny_bundle, device="cpu", precision="int8")
+    quantized = [m for m in int8.backbone.encoder.modules() if "quantized" in type(m).__module__]
+    assert quantized, "no layer was quantised"
+    waves = [voiced(1.2, seed=7)]
+    e32, p32 = fp32.embed_waveforms(waves)
+    e8, p8 = int8.embed_waveforms(waves)
+    assert np.corrcoef(e8[0], e32[0])[0, 1] > 0.98
+    np.testing.assert_allclose(p8, p32, atol=0.05)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -123,6 +126,27 @@ def _open_source(args, frame_ms: int):
     return MicrophoneSource(device=device, frame_ms=frame_ms)
 
 
+@contextlib.contextmanager
+def graceful_interrupts(pipeline):
+    """First Ctrl-C (or SIGTERM) ends the session gracefully: queues drain, outputs flush. A second one aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if pipeline.stopping:
+            raise KeyboardInterrupt
+        log.info("ending the session: finishing queued speech (Ctrl-C again to abort)")
+        pipeline.stop()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -200,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("session %s: %s on %s, model %s", session.session_id, source.description, device, bundle.model_id)
     if not args.input:
         log.info("listening; press Ctrl-C to end the session")
-    summary = pipeline.run()
+    with graceful_interrupts(pipeline):
+        summary = pipeline.run()
     print(summary.format(), file=sys.stderr)
     if args.summary_json:
         import json

@@ -118,6 +118,10 @@ class MonitorPipeline:
         self._stopping.set()
         self.source.stop()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
     def pause(self) -> None:
         self._paused.set()
 

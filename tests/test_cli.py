@@ -105,3 +105,29 @@ def test_fast_needs_input(capsys):
         main(["--fast"])
     assert exit_info.value.code == 2
     assert "--fast only applies" in capsys.readouterr().err
+
+
+def test_ctrl_c_ends_the_session_gracefully(ravdess_clips, tiny_bundle, tmp_path):
+    import signal
+    import time
+
+    from monitor.audio_io import read_audio
+
+    long_audio = np.concatenate([read_audio(c) for c in ravdess_clips[:8]])
+    path = tmp_path / "long.wav"
+    sf.write(str(path), long_audio, 16000)
+    out, summary = tmp_path / "points.jsonl", tmp_path / "summary.json"
+    proc = subprocess.Popen(
+        [sys.executable, "run_monitor.py", "--input", str(path), "--model", str(tiny_bundle), "--jsonl", str(out),
+         "--summary-json", str(summary), *QUIET], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    points = [json.loads(line) for line in out.read_text().splitlines()]
+    data = json.loads(summary.read_text())
+    assert 2 <= len(points) == data["points"] < 8  # ended early, nothing written was lost
+    assert data["audio_seconds"] < len(long_audio) / 16000 - 3
+    assert "ending the session" in err and "latency p50" in err

@@ -1,0 +1,391 @@
+"""Aggregation of stored points into heat maps and tone metrics, per session, day and week.
+
+One code path for the report (``monitor.report``), the dashboard's history
+endpoint (``history_json``) and anything else that summarises a period, so a
+number on the dashboard is the number in the PDF.
+
+Conventions (``docs/store.md`` explains them for clinicians):
+
+* A point's weight is its segment duration x the model's confidence, as in the
+  live heat map, so long confident speech counts more than a short guess.
+* A point belongs to the calendar day (and ISO week) on which its *session
+  started*, in the chosen time zone (default: this computer's local time). A
+  session that runs past midnight stays on one day.
+* Heat maps are the share of the period's weighted speech in each cell (the
+  grid sums to 1 before smoothing), so days with more or less speech compare by
+  shape; ``scale_max`` puts every day on one colour scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, time as dtime, timedelta, timezone, tzinfo
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+from scipy import stats
+from scipy.ndimage import gaussian_filter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from monitor.store import PointTable, SessionRow, Store
+
+QUADRANTS = ("high_arousal_positive", "high_arousal_negative", "low_arousal_negative", "low_arousal_positive",
+             "neutral")
+INTENSITY_MAX = math.sqrt(2.0)
+
+
+@dataclass
+class AggregateConfig:
+    """How periods are summarised.
+
+    bins / smoothing_sigma: heat map grid and blur (cells). neutral_radius:
+    points closer than this to the origin count as "near neutral" rather than
+    in a quadrant. entropy_bins: the coarser grid the entropy is measured on
+    (a fine grid would make entropy track the number of points rather than
+    their spread). level: confidence level of the intervals.
+    """
+
+    bins: int = 24
+    smoothing_sigma: float = 1.0
+    use_confidence: bool = True
+    neutral_radius: float = 0.2
+    entropy_bins: int = 8
+    level: float = 0.95
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---- pure functions on arrays -----------------------------------------------------------
+def point_weights(duration, confidence, use_confidence: bool = True) -> np.ndarray:
+    """Duration x confidence (negative values count as 0), as in ``RollingHeatmap.add``."""
+    w = np.maximum(np.asarray(duration, dtype=np.float64), 0.0)
+    if use_confidence:
+        w = w * np.maximum(np.asarray(confidence, dtype=np.float64), 0.0)
+    return w
+
+
+def cells(valence, arousal, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised ``monitor.heatmap.cell_of``: (rows = arousal, cols = valence), outside values to the border."""
+    def index(x):
+        return np.clip(np.floor((np.asarray(x, dtype=np.float64) + 1.0) / 2.0 * bins), 0, bins - 1).astype(np.int64)
+
+    return index(arousal), index(valence)
+
+
+def weight_grid(valence, arousal, weights, bins: int) -> np.ndarray:
+    """Summed weight per cell, unsmoothed; ``grid[row=arousal bottom-up, col=valence]``."""
+    grid = np.zeros((bins, bins), dtype=np.float64)
+    rows, cols = cells(valence, arousal, bins)
+    np.add.at(grid, (rows, cols), np.asarray(weights, dtype=np.float64))
+    return grid
+
+
+def heatmap_grid(valence, arousal, weights, bins: int = 24, smoothing_sigma: float = 1.0) -> np.ndarray:
+    """Share of the weight per cell (sums to 1; zeros when empty), blurred like the live map."""
+    grid = weight_grid(valence, arousal, weights, bins)
+    total = float(grid.sum())
+    if total <= 0:
+        return grid
+    grid /= total
+    if smoothing_sigma > 0:
+        grid = gaussian_filter(grid, sigma=smoothing_sigma, mode="constant")
+        grid /= max(float(grid.sum()), 1e-12)  # what blurs past the border is given back
+    return grid
+
+
+def weighted_mean_ci(x, w, level: float = 0.95, bounds: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Weighted mean with a t interval; ``{"mean": m, "ci95": [lo, hi]}`` (None where undefined).
+
+    Uses reliability weights: s^2 = sum w (x - m)^2 / (V1 - V2 / V1), SE^2 = s^2 V2 / V1^2,
+    df = n_eff - 1 with n_eff = V1^2 / V2 (V1 = sum w, V2 = sum w^2). With equal weights
+    this is the textbook mean +- t * s / sqrt(n). Segments are treated as independent;
+    speech within a session is correlated, so read the interval as a lower bound on the
+    uncertainty. ``bounds`` clips the interval to the values the quantity can take.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    v1 = float(w.sum())
+    if x.size == 0 or v1 <= 0:
+        return {"mean": None, "ci95": None}
+    mean = float(np.dot(w, x) / v1)
+    v2 = float(np.dot(w, w))
+    n_eff = v1 * v1 / v2
+    if n_eff <= 1.0 + 1e-9:
+        return {"mean": mean, "ci95": None}
+    var = float(np.dot(w, (x - mean) ** 2)) / (v1 - v2 / v1)
+    se = math.sqrt(max(var, 0.0) * v2) / v1
+    q = float(stats.t.ppf(0.5 + level / 2.0, n_eff - 1.0))
+    lo, hi = mean - q * se, mean + q * se
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return {"mean": mean, "ci95": [lo, hi]}
+
+
+def dispersion(valence, arousal, w) -> float | None:
+    """Weighted RMS distance from the weighted centroid: how widely the tone ranges."""
+    v, a, w = (np.asarray(z, dtype=np.float64) for z in (valence, arousal, w))
+    total = float(w.sum())
+    if total <= 0:
+        return None
+    mv, ma = np.dot(w, v) / total, np.dot(w, a) / total
+    return float(math.sqrt(np.dot(w, (v - mv) ** 2 + (a - ma) ** 2) / total))
+
+
+def grid_entropy(valence, arousal, w, bins: int = 8) -> float | None:
+    """Shannon entropy of the weight over a ``bins`` x ``bins`` grid, divided by its maximum log(bins^2).
+
+    0: all speech in one cell; 1: spread evenly over the whole circumplex square.
+    """
+    grid = weight_grid(valence, arousal, w, bins)
+    total = float(grid.sum())
+    if total <= 0:
+        return None
+    p = grid[grid > 0] / total
+    return float(-np.sum(p * np.log(p)) / math.log(bins * bins))
+
+
+def quadrant_shares(valence, arousal, w, neutral_radius: float = 0.2) -> dict[str, float] | None:
+    """Share of the weight in each quadrant; points within ``neutral_radius`` of the origin are "neutral".
+
+    Ties go up and right: arousal >= 0 is high, valence >= 0 is positive.
+    """
+    v, a, w = (np.asarray(z, dtype=np.float64) for z in (valence, arousal, w))
+    total = float(w.sum())
+    if total <= 0:
+        return None
+    neutral = np.hypot(v, a) < neutral_radius
+    high, pos = a >= 0, v >= 0
+    masks = {
+        "high_arousal_positive": ~neutral & high & pos,
+        "high_arousal_negative": ~neutral & high & ~pos,
+        "low_arousal_negative": ~neutral & ~high & ~pos,
+        "low_arousal_positive": ~neutral & ~high & pos,
+        "neutral": neutral,
+    }
+    return {name: float(w[m].sum() / total) for name, m in masks.items()}
+
+
+def period_metrics(valence, arousal, duration, confidence, config: AggregateConfig | None = None) -> dict[str, Any]:
+    """The tone metrics of one period's points (all None but the counts when it holds none)."""
+    cfg = config or AggregateConfig()
+    v, a = np.asarray(valence, dtype=np.float64), np.asarray(arousal, dtype=np.float64)
+    d = np.maximum(np.asarray(duration, dtype=np.float64), 0.0)
+    w = point_weights(d, confidence, cfg.use_confidence)
+    return {
+        "mean_valence": weighted_mean_ci(v, w, cfg.level, (-1.0, 1.0)),
+        "mean_arousal": weighted_mean_ci(a, w, cfg.level, (-1.0, 1.0)),
+        "intensity": weighted_mean_ci(np.hypot(v, a), w, cfg.level, (0.0, INTENSITY_MAX)),
+        "dispersion": dispersion(v, a, w),
+        "entropy": grid_entropy(v, a, w, cfg.entropy_bins),
+        "quadrant_share": quadrant_shares(v, a, w, cfg.neutral_radius),
+        "speech_seconds": float(d.sum()),
+        "points": int(v.size),
+    }
+
+
+def summarize(table: "PointTable", config: AggregateConfig | None = None) -> dict[str, Any]:
+    """Heat map and metrics of a set of points: ``{"heatmap": {"bins", "grid", "max"}, "metrics": {...}}``."""
+    cfg = config or AggregateConfig()
+    w = point_weights(table.duration, table.confidence, cfg.use_confidence)
+    grid = heatmap_grid(table.valence, table.arousal, w, cfg.bins, cfg.smoothing_sigma)
+    return {
+        "heatmap": {"bins": cfg.bins, "grid": grid, "max": float(grid.max()) if grid.size else 0.0},
+        "metrics": period_metrics(table.valence, table.arousal, table.duration, table.confidence, cfg),
+    }
+
+
+# ---- calendar -----------------------------------------------------------------------------
+def resolve_tz(name: str | None) -> tzinfo | None:
+    """None or "local": this computer's zone (None); "UTC"; or an IANA name such as "Europe/Berlin"."""
+    if name is None or str(name).lower() == "local":
+        return None
+    if str(name).upper() in ("UTC", "Z"):
+        return timezone.utc
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(str(name))
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r} (use 'local', 'UTC' or a name like 'Europe/Berlin')") from exc
+
+
+def to_datetime(ts: float, tz: tzinfo | None) -> datetime:
+    return datetime.fromtimestamp(ts, tz) if tz is not None else datetime.fromtimestamp(ts).astimezone()
+
+
+def local_date(ts: float, tz: tzinfo | None) -> date:
+    return to_datetime(ts, tz).date()
+
+
+def day_start(d: date, tz: tzinfo | None) -> float:
+    """Unix time of local midnight starting day ``d``."""
+    if tz is None:
+        return datetime.combine(d, dtime()).timestamp()
+    return datetime.combine(d, dtime(), tzinfo=tz).timestamp()
+
+
+def today(tz: tzinfo | None) -> date:
+    return datetime.now(tz).date() if tz is not None else date.today()
+
+
+def iso(ts: float | None, tz: tzinfo | None) -> str | None:
+    return None if ts is None else to_datetime(ts, tz).isoformat(timespec="seconds")
+
+
+def iso_week(d: date) -> str:
+    year, week, _ = d.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+# ---- history ------------------------------------------------------------------------------
+def _round(x: Any, digits: int = 6) -> Any:
+    """Plain JSON values: numpy arrays to nested lists, floats rounded, NaN to None."""
+    if isinstance(x, dict):
+        return {k: _round(v, digits) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_round(v, digits) for v in x]
+    if isinstance(x, np.ndarray):
+        return _round(x.tolist(), digits)
+    if isinstance(x, (float, np.floating)):
+        return None if not math.isfinite(float(x)) else round(float(x), digits)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _period(table: "PointTable", mask: np.ndarray, cfg: AggregateConfig) -> dict[str, Any]:
+    return summarize(table.select(mask), cfg)
+
+
+def build_history(store: "Store", patient_id: str, start: date, end: date, *, tz: str | tzinfo | None = None,
+                  config: AggregateConfig | None = None, weeks: bool = False, session_detail: bool = False,
+                  overall: bool = False) -> dict[str, Any]:
+    """Everything about a patient's days ``start``..``end`` (inclusive) as plain JSON values.
+
+    ``patient_id=None`` summarises the sessions recorded without a patient.
+    Every day in the range is listed, with ``points: 0`` when it had no speech,
+    so the days form a continuous grid. ``weeks``/``session_detail``/``overall``
+    add ISO-week periods, per-session heat maps and metrics, and the whole
+    range's metrics (the report uses them; the dashboard needs only days).
+    """
+    cfg = config or AggregateConfig()
+    zone = resolve_tz(tz) if (tz is None or isinstance(tz, str)) else tz
+    if end < start:
+        raise ValueError(f"the period ends ({end}) before it starts ({start})")
+    sessions: list[SessionRow] = store.sessions(patient_id, unassigned=patient_id is None, start=day_start(start, zone),
+                                                end=day_start(end + timedelta(days=1), zone))
+    table = store.points([s.session_id for s in sessions])
+    session_day = {s.session_id: local_date(s.started_at, zone) for s in sessions}
+    point_day = np.asarray([session_day[sid] for sid in table.session], dtype=object)
+
+    days = []
+    n_days = (end - start).days + 1
+    for i in range(n_days):
+        d = start + timedelta(days=i)
+        entry = {"date": d.isoformat(), **_period(table, point_day == d, cfg)}
+        days.append(entry)
+
+    out: dict[str, Any] = {
+        "patient": patient_id,
+        "from": start.isoformat(),
+        "to": end.isoformat(),
+        "tz": "local" if zone is None else str(zone),
+        "units": "heat map cells: share of the period's speech (duration x confidence), smoothed; "
+                 "valence/arousal in [-1, 1]",
+        "days": days,
+        "sessions": [],
+        "scale_max": max((e["heatmap"]["max"] for e in days), default=0.0),
+    }
+    for s in sessions:
+        mask = table.session == s.session_id
+        sub = table.select(mask)
+        w = point_weights(sub.duration, sub.confidence, cfg.use_confidence)
+        total = float(w.sum())
+        row = {
+            "session_id": s.session_id,
+            "started_at": iso(s.started_at, zone),
+            "ended_at": iso(s.ended_at, zone),
+            "points": int(len(sub)),
+            "speech_seconds": float(sub.duration.sum()),
+            "mean_valence": float(np.dot(w, sub.valence) / total) if total > 0 else None,
+            "mean_arousal": float(np.dot(w, sub.arousal) / total) if total > 0 else None,
+            "date": session_day[s.session_id].isoformat(),
+            "end_state": s.end_state,
+            "model_id": s.model_id,
+            "marks": s.marks,
+        }
+        if session_detail:
+            row.update(summarize(sub, cfg))
+        out["sessions"].append(row)
+    if weeks:
+        week_rows = []
+        first_monday = start - timedelta(days=start.weekday())
+        monday = first_monday
+        while monday <= end:
+            lo, hi = max(monday, start), min(monday + timedelta(days=6), end)
+            mask = np.asarray([lo <= d <= hi for d in point_day], dtype=bool)
+            week_rows.append({"week": iso_week(monday), "start": lo.isoformat(), "end": hi.isoformat(),
+                              **_period(table, mask, cfg)})
+            monday += timedelta(days=7)
+        out["weeks"] = week_rows
+        out["weeks_scale_max"] = max((e["heatmap"]["max"] for e in week_rows), default=0.0)
+    if overall:
+        out["overall"] = summarize(table, cfg)["metrics"]
+    out["config"] = cfg.to_dict()
+    return _round(out)
+
+
+def session_summary(store: "Store", session_id: str, config: AggregateConfig | None = None) -> dict[str, Any]:
+    """One session's heat map and metrics (same JSON conventions as the days of ``history_json``)."""
+    if store.session(session_id) is None:
+        raise KeyError(f"no session {session_id!r}")
+    return _round({"session_id": session_id, **summarize(store.points([session_id]), config)})
+
+
+def period_bounds(days: int | None = 14, start: date | str | None = None, end: date | str | None = None,
+                  tz: tzinfo | None = None) -> tuple[date, date]:
+    """Resolve --days / --from / --to into inclusive dates; the default is the last ``days`` days up to today."""
+    def parse(x):
+        return date.fromisoformat(x) if isinstance(x, str) else x
+
+    start, end = parse(start), parse(end)
+    if end is None:
+        end = today(tz) if start is None or days is None else start + timedelta(days=days - 1)
+    if start is None:
+        if days is None or days < 1:
+            raise ValueError("--days must be at least 1")
+        start = end - timedelta(days=days - 1)
+    if end < start:
+        raise ValueError(f"the period ends ({end}) before it starts ({start})")
+    return start, end
+
+
+def history_json(store: "Store", patient_id: str, days: int = 14, *, end: date | str | None = None,
+                 tz: str | None = None, config: AggregateConfig | None = None) -> dict[str, Any]:
+    """The dashboard's history: the last ``days`` calendar days up to today (or ``end``), day by day.
+
+    Shape: ``{"patient", "days": [{"date", "heatmap": {"bins", "grid", "max"}, "metrics": {...}}],
+    "sessions": [...], "scale_max", ...}``; empty days are included with ``points: 0``.
+    """
+    zone = resolve_tz(tz)
+    start, stop = period_bounds(days=days, end=end, tz=zone)
+    return build_history(store, patient_id, start, stop, tz=zone, config=config)
+
+
+def series(history: dict[str, Any], key: str, periods: str = "days") -> list[float | None]:
+    """One metric across periods (``key`` like "mean_valence" or "quadrant_share.neutral"), None where empty."""
+    out = []
+    for entry in history[periods]:
+        value: Any = entry["metrics"]
+        for part in key.split("."):
+            value = None if value is None else value.get(part)
+        if isinstance(value, dict):
+            value = value.get("mean")
+        out.append(value)
+    return out
+
+
+def sessions_on(history: dict[str, Any], day: str) -> Sequence[dict[str, Any]]:
+    return [s for s in history["sessions"] if s["date"] == day]

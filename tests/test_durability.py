@@ -1,0 +1,160 @@
+"""A monitor killed with SIGKILL mid-session loses at most the last second of points; the store opens cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monitor.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.name != "posix", reason="needs SIGKILL")]
+
+
+def long_recording(clips: list[Path], out: Path, n: int = 16, gap_s: float = 0.7) -> Path:
+    """Real speech clips with short pauses between them, so each clip becomes a point."""
+    import soundfile as sf
+
+    parts, rate = [], None
+    for clip in clips[:n]:
+        audio, sr = sf.read(clip, dtype="float32", always_2d=True)
+        rate = rate or sr
+        assert sr == rate
+        parts += [audio.mean(axis=1), np.zeros(int(gap_s * sr), dtype=np.float32)]
+    sf.write(out, np.concatenate(parts), rate)
+    return out
+
+
+def stored_indices(db: Path) -> set[int] | None:
+    """Read-only look at the database, as a dashboard in another process would have."""
+    if not db.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)
+        try:
+            return {r[0] for r in conn.execute("SELECT idx FROM points")}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None  # not created yet, or mid-creation
+
+
+def emitted_points(jsonl: Path) -> list[dict]:
+    if not jsonl.exists():
+        return []
+    out = []
+    for line in jsonl.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by the kill
+            continue
+        if record.get("type") == "point":
+            out.append(record)
+    return out
+
+
+def test_sigkill_mid_session(tmp_path, tiny_bundle, ravdess_clips):
+    wav = long_recording(ravdess_clips, tmp_path / "long.wav")
+    db, jsonl, log = tmp_path / "store.sqlite", tmp_path / "points.jsonl", tmp_path / "monitor.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "run_monitor.py"), "--input", str(wav), "--model", str(tiny_bundle),
+             "--db", str(db), "--jsonl", str(jsonl), "--patient", "P-KILL", "--no-dashboard"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        # Poll both outputs: when did each point appear in the JSONL (written first) and in the store?
+        seen_jsonl: dict[int, float] = {}
+        seen_db: dict[int, float] = {}
+        deadline = time.monotonic() + 150
+        kill_after: float | None = None
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            for p in emitted_points(jsonl):
+                seen_jsonl.setdefault(p["index"], now)
+            for i in stored_indices(db) or ():
+                seen_db.setdefault(i, now)
+            if kill_after is None and len(seen_db) >= 5:
+                kill_after = now + random.uniform(0.0, 2.0)  # not always right after a commit
+            if kill_after is not None and now >= kill_after:
+                break
+            assert proc.poll() is None, f"the monitor exited early:\n{log.read_text()[-3000:]}"
+            time.sleep(0.02)
+        else:
+            pytest.fail(f"no points stored within the time limit:\n{log.read_text()[-3000:]}")
+        killed_at = time.time()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    emitted = {p["index"]: p for p in emitted_points(jsonl)}
+    with Store.open(db) as store:
+        assert store.integrity_check() == "ok"
+        [session] = store.sessions("P-KILL")
+        assert store.recovered_sessions == [session.session_id]  # closed on open: the writer is dead
+        assert session.end_state == "recovered"
+        stored = {r["index"]: r for r in store.point_records(session.session_id)}
+        assert session.ended_at == pytest.approx(max(r["wall_time"] for r in stored.values()))
+
+    assert set(stored) <= set(emitted)
+    for i, row in stored.items():  # what was stored is exactly what was emitted
+        for key in ("t_start", "t_end", "valence", "arousal", "confidence", "wall_time"):
+            assert row[key] == pytest.approx(emitted[i][key], abs=1e-9), key
+    lost = sorted(set(emitted) - set(stored))
+    ages = [killed_at - emitted[i]["wall_time"] for i in lost]
+    assert all(age < 1.0 for age in ages), f"lost points older than 1 s: {list(zip(lost, ages))}"
+    lags = [seen_db[i] - seen_jsonl[i] for i in seen_db if i in seen_jsonl]
+    assert lags and max(lags) < 1.0, f"store lagged the JSONL by {max(lags):.2f} s"
+    print(f"\nSIGKILL after {len(emitted)} points: {len(stored)} stored, {len(lost)} lost "
+          f"(ages {[round(a, 2) for a in ages]} s); store lag behind JSONL max {max(lags) * 1000:.0f} ms "
+          f"(poll interval 20 ms)")
+
+
+def test_pipeline_to_store_in_process_with_kept_audio(tmp_path, tiny_bundle, ravdess_clips):
+    """The library path the example report uses: FileSource -> MonitorPipeline -> StoreSink (+ JSONL)."""
+    import soundfile as sf
+
+    from monitor.bundle import load_bundle
+    from monitor.events import SessionInfo
+    from monitor.model import EmotionModel
+    from monitor.outputs import JsonlSink
+    from monitor.pipeline import MonitorPipeline, new_session_id
+    from monitor.projection import Projector
+    from monitor.sources import FileSource
+    from monitor.store import StoreSink
+
+    wav = long_recording(ravdess_clips, tmp_path / "short.wav", n=3)
+    bundle = load_bundle(tiny_bundle)
+    model = EmotionModel.from_bundle(bundle, device="cpu", precision="fp32")
+    session = SessionInfo(session_id=new_session_id(), started_at=time.time(), model_id=bundle.model_id,
+                          model_version=bundle.version, device="cpu", labels=tuple(bundle.labels), source="test")
+    with Store.open(tmp_path / "m.sqlite") as store:
+        sink = StoreSink(store, patient_id="P-AUDIO", keep_audio=True)
+        jsonl = tmp_path / "p.jsonl"
+        summary = MonitorPipeline(FileSource(wav, realtime=False), model, Projector(bundle.reducer, bundle.labels),
+                                  sinks=[JsonlSink(jsonl), sink], session=session).run()
+        assert summary.points >= 2 and sink.dropped == 0
+        emitted = emitted_points(jsonl)
+        stored = store.point_records(session.session_id)
+        assert [(p["index"], p["valence"], p["arousal"]) for p in emitted] == [
+            (p["index"], p["valence"], p["arousal"]) for p in stored]
+        row = store.session(session.session_id)
+        assert row.patient_id == "P-AUDIO" and row.end_state == "clean" and row.model_id == bundle.model_id
+        audio = store.audio_records(session.session_id)
+        assert [a["index"] for a in audio] == [p["index"] for p in stored]
+        for a, p in zip(audio, stored):
+            info = sf.info(tmp_path / a["path"])
+            assert info.samplerate == 16000 and info.format == "FLAC"
+            assert info.frames == a["samples"] == pytest.approx((p["t_end"] - p["t_start"]) * 16000, abs=16)

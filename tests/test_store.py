@@ -1,0 +1,381 @@
+"""The store: schema and migration, the pipeline sink, baselines, export and complete deletion."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from monitor import data as data_cli
+from monitor.events import Mark, Point, SessionInfo
+from monitor.store import (MIGRATIONS, SCHEMA_VERSION, Store, StoreError, StoreSink, default_db_path)
+
+# The schema as first released (version 1), frozen here so the migration test starts from
+# what real v1 files contain even if someone edits monitor/store.py.
+V1_DDL = """
+CREATE TABLE patients (
+    patient_id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL
+);
+CREATE TABLE sessions (
+    id INTEGER PRIMARY KEY,
+    session_id TEXT NOT NULL UNIQUE,
+    patient_id TEXT REFERENCES patients(patient_id) ON DELETE CASCADE,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    model_id TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    device TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL DEFAULT '',
+    labels TEXT NOT NULL DEFAULT '[]',
+    settings TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE points (
+    session INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    t_start REAL NOT NULL,
+    t_end REAL NOT NULL,
+    valence REAL NOT NULL,
+    arousal REAL NOT NULL,
+    confidence REAL NOT NULL,
+    probabilities TEXT NOT NULL DEFAULT '{}',
+    latency_ms REAL,
+    wall_time REAL NOT NULL,
+    PRIMARY KEY (session, idx)
+) WITHOUT ROWID;
+CREATE TABLE marks (
+    id INTEGER PRIMARY KEY,
+    session INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    t REAL NOT NULL,
+    text TEXT NOT NULL,
+    wall_time REAL NOT NULL,
+    source TEXT NOT NULL DEFAULT ''
+);
+PRAGMA user_version = 1;
+"""
+
+
+def session_info(sid: str, started_at: float, patient: str | None = "P1") -> SessionInfo:
+    return SessionInfo(session_id=sid, started_at=started_at, model_id="test-model@1+abc", model_version="1",
+                       device="cpu", labels=("neutral", "happy", "sad", "angry"), source="file:x.wav",
+                       patient_id=patient, settings={"vad": {"aggressiveness": 2}})
+
+
+def make_point(i: int, t0: float, wall: float, v: float = 0.1, a: float = -0.2, d: float = 1.5) -> Point:
+    return Point(index=i, t_start=t0, t_end=t0 + d, valence=v, arousal=a, confidence=0.8,
+                 probabilities={"neutral": 0.8, "sad": 0.2}, latency_ms=12.5, wall_time=wall)
+
+
+def columns(conn: sqlite3.Connection) -> dict[str, list[tuple]]:
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+    return {t: [tuple(r) for r in conn.execute(f"PRAGMA table_info({t})")] for t in tables}
+
+
+def test_fresh_store_is_wal_and_current(tmp_path):
+    path = tmp_path / "sub" / "m.sqlite"
+    with Store.open(path) as store:
+        assert store.schema_version() == SCHEMA_VERSION == len(MIGRATIONS)
+        assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert store.integrity_check() == "ok"
+    if os.name == "posix":
+        assert (path.stat().st_mode & 0o077) == 0  # clinical data: owner only
+
+
+def test_frozen_v1_matches_the_first_migration_step(tmp_path):
+    frozen = sqlite3.connect(tmp_path / "frozen.sqlite")
+    frozen.executescript(V1_DDL)
+    code = sqlite3.connect(tmp_path / "code.sqlite")
+    for statement in MIGRATIONS[0]:
+        code.execute(statement)
+    assert columns(frozen) == columns(code)
+
+
+def test_migration_from_v1_keeps_data_and_closes_dead_sessions(tmp_path):
+    path = tmp_path / "v1.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_DDL)
+    conn.execute("INSERT INTO patients VALUES ('P1', 1000.0)")
+    conn.execute("INSERT INTO sessions(id, session_id, patient_id, started_at, ended_at, model_id, model_version) "
+                 "VALUES (1, 's-ended', 'P1', 1000.0, 1600.0, 'm', '1')")
+    conn.execute("INSERT INTO sessions(id, session_id, patient_id, started_at, ended_at, model_id, model_version) "
+                 "VALUES (2, 's-killed', 'P1', 2000.0, NULL, 'm', '1')")
+    for i in range(3):
+        conn.execute("INSERT INTO points VALUES (1, ?, ?, ?, 0.5, -0.5, 0.9, '{}', 10, ?)", (i, i * 2.0, i * 2.0 + 1, 1001.0 + i))
+        conn.execute("INSERT INTO points VALUES (2, ?, ?, ?, -0.1, 0.3, 0.6, '{}', 10, ?)", (i, i * 2.0, i * 2.0 + 1, 2010.0 + i))
+    conn.execute("INSERT INTO marks(session, t, text, wall_time) VALUES (1, 3.0, 'laughs', 1003.0)")
+    conn.commit()
+    conn.close()
+
+    with Store.open(path) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        assert store.recovered_sessions == ["s-killed"]
+        rows = {s.session_id: s for s in store.sessions("P1")}
+        assert rows["s-ended"].end_state == "clean" and rows["s-ended"].ended_at == 1600.0
+        assert rows["s-killed"].end_state == "recovered"
+        assert rows["s-killed"].ended_at == 2012.0  # its last point
+        assert rows["s-ended"].points == 3 and rows["s-ended"].marks == 1
+        assert store.mark_records("s-ended")[0]["text"] == "laughs"
+        table = store.points(["s-ended", "s-killed"])
+        assert len(table) == 6 and table.valence[:3].tolist() == [0.5] * 3
+        store.set_baseline("P1", {"mean": [1, 2]}, "m")  # v2 features work on the migrated file
+        assert store.get_baseline("P1") == {"mean": [1, 2]}
+        assert store.integrity_check() == "ok"
+        migrated = columns(store.conn)
+    with Store.open(tmp_path / "fresh.sqlite") as fresh:
+        assert columns(fresh.conn) == migrated  # a migrated file and a new one have the same schema
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "future.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        Store.open(path)
+
+
+def test_not_a_database(tmp_path):
+    path = tmp_path / "junk.sqlite"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="cannot open"):
+        Store.open(path)
+
+
+def test_default_db_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOOD_MONITOR_DATA_DIR", str(tmp_path / "env"))
+    assert default_db_path() == tmp_path / "env" / "mood-monitor.sqlite"
+    assert default_db_path(tmp_path / "x") == tmp_path / "x" / "mood-monitor.sqlite"
+    monkeypatch.delenv("MOOD_MONITOR_DATA_DIR")
+    assert default_db_path().parts[-3:] == ("share", "mood-monitor", "mood-monitor.sqlite")
+
+
+def run_sink(store: Store, sid: str, n: int, patient: str | None = "P1", keep_audio: bool = False,
+             started_at: float = 1_700_000_000.0) -> list[Point]:
+    sink = StoreSink(store, patient_id=patient, keep_audio=keep_audio)
+    sink.start(session_info(sid, started_at, patient=None), heatmap=None)
+    points = [make_point(i, i * 2.0, started_at + i * 2.0 + 1.5, v=i / 10) for i in range(n)]
+    for p in points:
+        sink.point(p)
+        sink.segment_audio(p, np.full(int(16000 * p.duration), 0.25, dtype=np.float32))
+    sink.mark(Mark(t=1.0, text="door slams", wall_time=started_at + 1.0))
+    sink.close()
+    assert sink.dropped == 0 and sink.write_errors == 0
+    return points
+
+
+def test_sink_stores_session_points_marks_and_a_clean_end(tmp_path):
+    with Store.open(tmp_path / "m.sqlite") as store:
+        points = run_sink(store, "s1", 5)
+        row = store.session("s1")
+        assert row.patient_id == "P1" and row.end_state == "clean" and row.ended_at is not None
+        assert row.model_id == "test-model@1+abc" and row.labels == ["neutral", "happy", "sad", "angry"]
+        assert row.settings == {"vad": {"aggressiveness": 2}}
+        assert row.points == 5 and row.speech_seconds == pytest.approx(7.5) and row.marks == 1
+        stored = store.point_records("s1")
+        for p, r in zip(points, stored):
+            assert r == {"index": p.index, "t_start": p.t_start, "t_end": p.t_end, "valence": p.valence,
+                         "arousal": p.arousal, "confidence": p.confidence, "probabilities": p.probabilities,
+                         "latency_ms": p.latency_ms, "wall_time": p.wall_time}
+        assert store.audio_records("s1") == []  # no audio unless asked
+        assert not store.audio_root.exists()
+
+
+def test_sink_point_never_waits_for_the_disk(tmp_path):
+    """With the database locked by another writer, point() still returns at once; the queue bound holds."""
+    path = tmp_path / "m.sqlite"
+    with Store.open(path) as store:
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")  # the writer thread cannot commit until this ends
+        sink = StoreSink(store, patient_id="P1", max_queue=50)
+        sink.start(session_info("s-blocked", 1_700_000_000.0), heatmap=None)
+        slowest = 0.0
+        for i in range(200):
+            t = time.perf_counter()
+            sink.point(make_point(i, i * 2.0, 1_700_000_000.0 + i))
+            slowest = max(slowest, time.perf_counter() - t)
+        assert slowest < 0.2  # a blocked commit would take the 30 s busy timeout
+        assert sink.dropped >= 200 - 50 - 1  # the bounded queue overflowed instead of growing
+        blocker.execute("COMMIT")
+        sink.close()
+        stored = store.session("s-blocked").points
+        assert stored == 200 - sink.dropped
+
+
+def test_keep_audio_writes_flac_and_delete_removes_it(tmp_path):
+    import soundfile as sf
+
+    with Store.open(tmp_path / "m.sqlite") as store:
+        run_sink(store, "s-audio", 3, keep_audio=True)
+        records = store.audio_records("s-audio")
+        assert [r["index"] for r in records] == [0, 1, 2]
+        audio, sr = sf.read(tmp_path / records[1]["path"], dtype="float32")
+        assert sr == 16000 and len(audio) == records[1]["samples"] == 24000
+        np.testing.assert_allclose(audio, 0.25, atol=1 / 32768)
+        folder = (tmp_path / records[0]["path"]).parent
+        assert folder.is_dir()
+        store.delete_sessions(["s-audio"])
+        assert not folder.exists() and store.session("s-audio") is None
+
+
+def test_sessions_without_patient_are_unassigned_until_assigned(tmp_path):
+    with Store.open(tmp_path / "m.sqlite") as store:
+        run_sink(store, "anon", 2, patient=None)
+        assert store.session("anon").patient_id is None
+        assert [p.patient_id for p in store.patients()] == [None]
+        assert [s.session_id for s in store.sessions(unassigned=True)] == ["anon"]
+        store.assign_session("anon", "P9")
+        assert store.session("anon").patient_id == "P9"
+        assert [(p.patient_id, p.sessions, p.points) for p in store.patients()] == [("P9", 1, 2)]
+        with pytest.raises(KeyError):
+            store.assign_session("nope", "P9")
+
+
+def test_baselines_are_replaced_and_kept(tmp_path):
+    with Store.open(tmp_path / "m.sqlite") as store:
+        assert store.get_baseline("P1") is None
+        store.set_baseline("P1", {"v": 1}, "model-a")
+        store.set_baseline("P1", {"v": 2}, "model-a")
+        store.set_baseline("P1", {"v": 3}, "model-b")
+        assert store.get_baseline("P1", "model-a") == {"v": 2}
+        assert store.get_baseline("P1", "model-b") == {"v": 3}
+        assert store.get_baseline("P1") == {"v": 3}  # the latest, any model
+        assert store.get_baseline("P1", "model-c") is None
+        history = store.baseline_history("P1")
+        assert [(h["model_id"], h["baseline"]["v"], h["replaced_at"] is None) for h in history] == [
+            ("model-a", 1, False), ("model-a", 2, True), ("model-b", 3, True)]
+
+
+def test_recovery_leaves_live_sessions_alone(tmp_path):
+    path = tmp_path / "m.sqlite"
+    with Store.open(path) as store:
+        store.begin_session(session_info("live", time.time()))  # written by this (live) process
+        store.begin_session(session_info("dead", time.time() - 10))
+        store.add_points("dead", [make_point(0, 0.0, time.time() - 5)])
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        host = store.conn.execute("SELECT writer FROM sessions WHERE session_id='live'").fetchone()[0].rpartition(":")[0]
+        with store.transaction() as c:
+            c.execute("UPDATE sessions SET writer = ? WHERE session_id = 'dead'", (f"{host}:{dead.stdout.strip()}",))
+    with Store.open(path) as store:
+        if os.name == "posix":
+            assert store.recovered_sessions == ["dead"]
+            assert store.session("dead").ended_at == pytest.approx(store.point_records("dead")[0]["wall_time"])
+        assert store.session("live").end_state is None
+
+
+def test_concurrent_readers_while_the_sink_writes(tmp_path):
+    path = tmp_path / "m.sqlite"
+    with Store.open(path) as store:
+        sink = StoreSink(store, patient_id="P1")
+        sink.start(session_info("s", 1_700_000_000.0), heatmap=None)
+        errors = []
+
+        def read():
+            try:
+                with Store.open(path) as reader:
+                    for _ in range(20):
+                        reader.sessions("P1")
+                        reader.points(["s"])
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        thread = threading.Thread(target=read)
+        thread.start()
+        for i in range(100):
+            sink.point(make_point(i, i * 2.0, 1_700_000_000.0 + i))
+        thread.join()
+        sink.close()
+        assert not errors and store.session("s").points == 100
+
+
+# ---- export and delete (python -m monitor.data) ---------------------------------------
+def fill(path):
+    with Store.open(path) as store:
+        run_sink(store, "a1", 3, patient="ALPHA-7731")
+        run_sink(store, "a2", 2, patient="ALPHA-7731", started_at=1_700_100_000.0)
+        run_sink(store, "b1", 4, patient="BRAVO", started_at=1_700_200_000.0)
+        store.set_baseline("ALPHA-7731", {"secret": "BASELINE-XYZZY"}, "m")
+        with store.transaction() as c:
+            c.execute("UPDATE marks SET text = 'ALPHA-MARK-QWERTY' WHERE session = (SELECT id FROM sessions WHERE session_id = 'a1')")
+
+
+def test_export_csv_and_json(tmp_path, capsys):
+    db = tmp_path / "m.sqlite"
+    fill(db)
+    assert data_cli.main(["--db", str(db), "export", "--patient", "ALPHA-7731", "--out", str(tmp_path / "x.json")]) == 0
+    doc = json.loads((tmp_path / "x.json").read_text())
+    assert doc["patient"] == "ALPHA-7731" and [s["session_id"] for s in doc["sessions"]] == ["a1", "a2"]
+    assert [len(s["points"]) for s in doc["sessions"]] == [3, 2]
+    assert doc["sessions"][0]["marks"][0]["text"] == "ALPHA-MARK-QWERTY"
+    assert doc["baselines"][0]["baseline"] == {"secret": "BASELINE-XYZZY"}
+
+    assert data_cli.main(["--db", str(db), "export", "--patient", "ALPHA-7731", "--out", str(tmp_path / "csv")]) == 0
+    with open(tmp_path / "csv" / "points.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5 and {r["session_id"] for r in rows} == {"a1", "a2"}
+    first = doc["sessions"][0]["points"][1]
+    assert float(rows[1]["valence"]) == first["valence"] and float(rows[1]["t_end"]) == first["t_end"]
+    with open(tmp_path / "csv" / "sessions.csv", newline="") as f:
+        sessions = list(csv.DictReader(f))
+    assert [s["points"] for s in sessions] == ["3", "2"] and sessions[0]["end_state"] == "clean"
+    assert (tmp_path / "csv" / "marks.csv").read_text().count("ALPHA-MARK-QWERTY") == 1
+    assert data_cli.main(["--db", str(db), "export", "--patient", "NOBODY", "--out", str(tmp_path / "n.json")]) == 2
+
+
+def test_delete_needs_yes_and_leaves_no_trace(tmp_path, capsys):
+    db = tmp_path / "m.sqlite"
+    fill(db)
+    assert data_cli.main(["--db", str(db), "delete", "--patient", "ALPHA-7731"]) == 1  # no --yes: nothing happens
+    with Store.open(db) as store:
+        assert len(store.sessions("ALPHA-7731")) == 2
+    assert data_cli.main(["--db", str(db), "delete", "--patient", "ALPHA-7731", "--yes"]) == 0
+    with Store.open(db) as store:
+        assert [p.patient_id for p in store.patients()] == ["BRAVO"]
+        assert store.sessions("ALPHA-7731") == [] and store.get_baseline("ALPHA-7731") is None
+        assert store.session("b1").points == 4  # the other patient is untouched
+        assert store.integrity_check() == "ok"
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("m.sqlite"))
+    for secret in (b"ALPHA-7731", b"ALPHA-MARK-QWERTY", b"BASELINE-XYZZY"):
+        assert secret not in raw, f"{secret!r} still in the database files"
+
+
+def test_data_cli_lists(tmp_path, capsys):
+    db = tmp_path / "m.sqlite"
+    fill(db)
+    capsys.readouterr()
+    assert data_cli.main(["--db", str(db), "patients"]) == 0
+    out = capsys.readouterr().out
+    assert "ALPHA-7731" in out and "BRAVO" in out
+    assert data_cli.main(["--db", str(db), "sessions", "--patient", "BRAVO", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["session_id"] for r in rows] == ["b1"] and rows[0]["points"] == 4
+    assert data_cli.main(["--db", str(db), "delete", "--session", "a2", "--yes"]) == 0
+    assert data_cli.main(["--db", str(db), "check"]) == 0
+    assert "integrity ok" in capsys.readouterr().out
+    assert data_cli.main(["--db", str(tmp_path / "missing.sqlite"), "patients"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        data_cli.main(["--help"])
+    assert exc.value.code == 0 and "delete" in capsys.readouterr().out
+
+
+def test_retime_session(tmp_path):
+    with Store.open(tmp_path / "m.sqlite") as store:
+        run_sink(store, "s", 3, started_at=1_700_000_000.0)
+        before = store.point_records("s")
+        store.retime_session("s", 1_600_000_000.0)
+        after = store.point_records("s")
+        assert [a["wall_time"] - b["wall_time"] for a, b in zip(after, before)] == pytest.approx([-1e8] * 3)
+        assert store.session("s").started_at == 1_600_000_000.0
+        store.retime_session("s", 1_500_000_000.0, as_live=True, duration=60.0)
+        assert [p["wall_time"] for p in store.point_records("s")] == [1_500_000_000.0 + p["t_end"] for p in after]
+        row = store.session("s")
+        assert (row.started_at, row.ended_at) == (1_500_000_000.0, 1_500_000_060.0)
+        assert [p["t_start"] for p in store.point_records("s")] == [p["t_start"] for p in before]

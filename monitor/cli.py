@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--token", help="access token the page and websocket require (default: a new random one, printed at start)")
     dash.add_argument("--certfile", help="TLS certificate (PEM) to serve https/wss")
     dash.add_argument("--keyfile", help="TLS private key (PEM) for --certfile")
+    dash.add_argument("--linger", type=float, default=0.0, metavar="S",
+                      help="keep the dashboard up this long after the session ends (Ctrl-C quits sooner; default: 0)")
 
     store = p.add_argument_group("storage (every point is kept per patient; no audio unless asked)")
     store.add_argument("--patient", metavar="ID", help="pseudonymous patient id the session belongs to (no names needed)")
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     from monitor.events import SessionInfo
     from monitor.model import EmotionModel, choose_device
     from monitor.outputs import JsonlSink
-    from monitor.pipeline import MonitorConfig, MonitorPipeline, new_session_id
+    from monitor.pipeline import MonitorConfig, MonitorPipeline, OutputStartError, new_session_id
     from monitor.projection import Projector
 
     if args.threads:
@@ -216,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         from monitor.server import DashboardServer, ServerConfig
 
         server = DashboardServer(ServerConfig(host=args.host, port=args.port, token=args.token,
-                                              certfile=args.certfile, keyfile=args.keyfile), store=store)
+                                              certfile=args.certfile, keyfile=args.keyfile, linger_s=args.linger),
+                                 store=store)
         sinks.append(server)
     pipeline = MonitorPipeline(source, model, projector, sinks=sinks, config=config, session=session)
     if server is not None:
@@ -225,7 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.input:
         log.info("listening; press Ctrl-C to end the session")
     with graceful_interrupts(pipeline):
-        summary = pipeline.run()
+        try:
+            summary = pipeline.run()
+        except OutputStartError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_SETUP
     print(summary.format(), file=sys.stderr)
     if args.summary_json:
         import json

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import IO
 
@@ -19,13 +20,16 @@ class JsonlSink:
     def __init__(self, path: str | Path):
         self.path = str(path)
         self._file: IO[str] | None = None
+        self._lock = threading.Lock()  # marks arrive from the dashboard's thread, points from the pipeline's
         self.session_id = ""
 
     def _write(self, record: dict) -> None:
-        if self._file is None:
-            return
-        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self._file.flush()
+        line = json.dumps(record, separators=(",", ":")) + "\n"
+        with self._lock:
+            if self._file is None:
+                return
+            self._file.write(line)
+            self._file.flush()
 
     def start(self, session: SessionInfo, heatmap) -> None:
         if self.path == "-":
@@ -45,6 +49,7 @@ class JsonlSink:
         pass
 
     def close(self) -> None:
-        if self._file is not None and self._file is not sys.stdout:
-            self._file.close()
-        self._file = None
+        with self._lock:
+            if self._file is not None and self._file is not sys.stdout:
+                self._file.close()
+            self._file = None

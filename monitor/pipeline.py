@@ -33,6 +33,10 @@ from monitor.worker import EmbeddingWorker, WorkerConfig
 log = logging.getLogger(__name__)
 
 
+class OutputStartError(RuntimeError):
+    """An output (dashboard server, store, file) could not start; nothing was recorded."""
+
+
 @dataclass
 class MonitorConfig:
     """Everything that shapes a session, gathered so it can be stored with it."""
@@ -197,6 +201,21 @@ class MonitorPipeline:
             device=str(self.session.device),
         )
 
+    def _start_sinks(self) -> None:
+        """Start every output, or none: if one cannot start (a busy port), close those already started."""
+        started = []
+        for sink in self.sinks:
+            try:
+                sink.start(self.session, self.heatmap)
+            except Exception as exc:
+                for done in reversed(started):
+                    try:
+                        done.close()
+                    except Exception:  # noqa: BLE001
+                        log.debug("closing %s after a failed start", type(done).__name__, exc_info=True)
+                raise OutputStartError(f"{type(sink).__name__} could not start: {exc}") from exc
+            started.append(sink)
+
     def warm_up(self) -> None:
         """One silent second through model and projector, so the first real segment is not slowed by lazy set-up."""
         item = self.worker.process([Segment(-1, 0.0, 1.0, np.zeros(SAMPLE_RATE, dtype=np.float32), time.monotonic())])
@@ -210,8 +229,7 @@ class MonitorPipeline:
         """Run until the source ends or ``stop()``; Ctrl-C here stops gracefully."""
         self.warm_up()
         started = time.monotonic()
-        for sink in self.sinks:
-            sink.start(self.session, self.heatmap)
+        self._start_sinks()
         segmenter_thread = threading.Thread(target=self._segment_loop, name="segmenter", daemon=True)
         self.worker.start()
         segmenter_thread.start()

@@ -131,3 +131,21 @@ def test_ctrl_c_ends_the_session_gracefully(ravdess_clips, tiny_bundle, tmp_path
     assert 2 <= len(points) == data["points"] < 8  # ended early, nothing written was lost
     assert data["audio_seconds"] < len(long_audio) / 16000 - 3
     assert "ending the session" in err and "latency p50" in err
+
+
+def test_busy_dashboard_port_is_a_setup_error(tmp_path, tiny_bundle, capsys):
+    import socket
+
+    audio, _ = speech_timeline([("speech", 1.0)])
+    sf.write(str(tmp_path / "x.wav"), audio, 16000)
+    out = tmp_path / "points.jsonl"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(["--input", str(tmp_path / "x.wav"), "--fast", "--model", str(tiny_bundle), "--no-store",
+                     "--port", str(port), "--jsonl", str(out)])
+    assert code == EXIT_SETUP
+    err = capsys.readouterr().err
+    assert "--port" in err
+    assert out.read_text() == ""  # the JSONL output was opened, then closed again: nothing half-written

@@ -1,0 +1,240 @@
+"""The dashboard's websocket protocol: building server messages and checking client ones.
+
+Kept apart from the server so the wire format is in one small, testable place
+and docs/protocol.md can be checked against it. Every message is one JSON
+object with a ``type``; version ``PROTOCOL_VERSION`` is announced in ``hello``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+PROTOCOL_VERSION = 1
+
+#: Message types a client may send.
+CLIENT_TYPES = ("mark", "pause", "resume", "ping")
+
+#: Longest mark text accepted, in characters (a note, not a transcript).
+MAX_MARK_CHARS = 500
+
+#: Longest client-chosen request id echoed back.
+MAX_ID_CHARS = 64
+
+#: Points closer than this to the centre count as "neutral" in quadrant shares
+#: (the same radius as the history's ``monitor.aggregate.AggregateConfig.neutral_radius``).
+NEUTRAL_RADIUS = 0.2
+
+QUADRANTS = ("high_arousal_positive", "high_arousal_negative", "low_arousal_negative", "low_arousal_positive",
+             "neutral")
+
+#: Close codes used by the server (besides the library's own 1009 for oversize messages).
+CLOSE_SESSION_ENDED = 1001  # "going away": the session is over, the server is shutting down
+CLOSE_TOO_SLOW = 1008  # policy violation: the client fell too far behind
+
+
+class ProtocolError(ValueError):
+    """A client message the server cannot act on; becomes an ``error`` reply, never a disconnect."""
+
+    def __init__(self, code: str, message: str, ref: Any = None):
+        super().__init__(message)
+        self.code = code
+        self.ref = ref
+
+
+def dumps(obj: dict[str, Any]) -> str:
+    """Compact JSON; NaN/inf become null so every browser's JSON.parse accepts it."""
+    return json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, np.generic):
+        return _finite(value.item())
+    if isinstance(value, np.ndarray):
+        return _finite(value.tolist())
+    return value
+
+
+def quadrant(valence: float, arousal: float) -> str:
+    """Which quadrant share a point counts toward (same names as the history's ``quadrant_share``)."""
+    if math.hypot(valence, arousal) < NEUTRAL_RADIUS:
+        return "neutral"
+    if arousal >= 0:
+        return "high_arousal_positive" if valence >= 0 else "high_arousal_negative"
+    return "low_arousal_positive" if valence >= 0 else "low_arousal_negative"
+
+
+# ---- server -> client ---------------------------------------------------------------------
+
+def point_body(point) -> dict[str, Any]:
+    """A ``monitor.events.Point`` as the wire's point fields (also the items of ``snapshot.points``)."""
+    return {
+        "index": int(point.index),
+        "t_start": round(float(point.t_start), 3),
+        "t_end": round(float(point.t_end), 3),
+        "valence": round(float(point.valence), 4),
+        "arousal": round(float(point.arousal), 4),
+        "confidence": round(float(point.confidence), 4),
+        "probabilities": {str(k): round(float(v), 4) for k, v in point.probabilities.items()},
+        "latency_ms": round(float(point.latency_ms), 1),
+        "wall_time": round(float(point.wall_time), 3),
+    }
+
+
+def mark_body(mark) -> dict[str, Any]:
+    return {"t": round(float(mark.t), 3), "text": mark.text, "wall_time": round(float(mark.wall_time), 3),
+            "source": mark.source}
+
+
+def heatmap_body(snapshot, seq: int) -> dict[str, Any]:
+    """Compact heat map frame: the grid scaled to 0..255 (uint8, row-major, arousal rows bottom-up) in base64.
+
+    A 48x48 grid is ~3 KB instead of ~25 KB of JSON numbers; ``max`` restores
+    the absolute scale (weight = value / 255 * max).
+    """
+    grid = np.asarray(snapshot.grid, dtype=np.float64)
+    peak = float(grid.max()) if grid.size else 0.0
+    scaled = np.zeros(grid.shape, dtype=np.uint8) if peak <= 0 else np.rint(grid / peak * 255.0).clip(0, 255).astype(np.uint8)
+    return {
+        "seq": seq,
+        "t": round(float(snapshot.t), 3),
+        "bins": int(grid.shape[0]),
+        "encoding": "u8-base64",
+        "data": base64.b64encode(scaled.tobytes()).decode("ascii"),
+        "max": peak,
+        "total_weight": float(snapshot.total_weight),
+        "points": int(snapshot.points),
+    }
+
+
+def decode_heatmap(body: dict[str, Any]) -> np.ndarray:
+    """The inverse of :func:`heatmap_body` (for tests and other Python clients): weights as a [bins, bins] array."""
+    raw = np.frombuffer(base64.b64decode(body["data"]), dtype=np.uint8).astype(np.float64)
+    bins = int(body["bins"])
+    return raw.reshape(bins, bins) / 255.0 * float(body["max"] or 0.0)
+
+
+def status_body(status) -> dict[str, Any]:
+    s = status.to_dict()
+    return {
+        "t": round(float(s["t"]), 3),
+        "speech_active": bool(s["speech_active"]),
+        "paused": bool(s["paused"]),
+        "queues": {"frames": s["frame_queue"], "segments": s["segment_queue"], "results": s["result_queue"]},
+        "dropped_frames": s["dropped_frames"],
+        "failed_segments": s["failed_segments"],
+        "segments": s["segments"],
+        "points": s["points"],
+        "device": s["device"],
+    }
+
+
+def message(kind: str, **fields: Any) -> dict[str, Any]:
+    return {"type": kind, **fields}
+
+
+def error(code: str, text: str, ref: Any = None) -> dict[str, Any]:
+    return message("error", code=code, message=text, id=ref)
+
+
+@dataclass
+class SessionSummary:
+    """Running totals over every point of the session (not just the ones a snapshot carries).
+
+    A point weighs its segment duration x confidence, as in the heat map and
+    in the history's daily metrics, so the live numbers and the history agree;
+    ``speech_seconds`` is plain segment time.
+    """
+
+    points: int = 0
+    speech_seconds: float = 0.0
+    weight: float = 0.0
+    _sum_v: float = 0.0
+    _sum_a: float = 0.0
+    _quadrant_w: dict[str, float] = field(default_factory=lambda: dict.fromkeys(QUADRANTS, 0.0))
+
+    def add(self, valence: float, arousal: float, duration: float, confidence: float = 1.0) -> None:
+        d = max(float(duration), 0.0)
+        w = d * max(float(confidence), 0.0)
+        self.points += 1
+        self.speech_seconds += d
+        self.weight += w
+        self._sum_v += w * valence
+        self._sum_a += w * arousal
+        self._quadrant_w[quadrant(valence, arousal)] += w
+
+    def to_dict(self) -> dict[str, Any]:
+        total = self.weight
+        return {
+            "points": self.points,
+            "speech_seconds": round(self.speech_seconds, 3),
+            "weight": round(total, 4),
+            "mean_valence": round(self._sum_v / total, 4) if total > 0 else None,
+            "mean_arousal": round(self._sum_a / total, 4) if total > 0 else None,
+            "quadrant_share": {k: round(v / total, 4) if total > 0 else 0.0 for k, v in self._quadrant_w.items()},
+        }
+
+
+# ---- client -> server ---------------------------------------------------------------------
+
+def parse_client_message(raw: str | bytes) -> dict[str, Any]:
+    """Check one client message; returns a normalised dict or raises :class:`ProtocolError`."""
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        raise ProtocolError("binary_unsupported", "send JSON text messages, not binary")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ProtocolError("bad_json", "message is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("bad_message", "message must be a JSON object")
+    ref = data.get("id")
+    if ref is not None and not (isinstance(ref, str) and len(ref) <= MAX_ID_CHARS) and not (
+            isinstance(ref, int) and not isinstance(ref, bool)):
+        raise ProtocolError("bad_field", f"'id' must be a string of at most {MAX_ID_CHARS} characters or an integer")
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("bad_message", "message has no 'type'", ref)
+    if kind not in CLIENT_TYPES:
+        raise ProtocolError("unknown_type", f"unknown message type {kind[:40]!r}; expected one of {list(CLIENT_TYPES)}",
+                            ref)
+    out: dict[str, Any] = {"type": kind, "id": ref}
+    if kind == "mark":
+        text = data.get("text")
+        if not isinstance(text, str):
+            raise ProtocolError("bad_field", "'text' must be a string", ref)
+        text = "".join(ch for ch in text if ch.isprintable() or ch == " ").strip()
+        if not text:
+            raise ProtocolError("bad_field", "'text' is empty", ref)
+        if len(text) > MAX_MARK_CHARS:
+            raise ProtocolError("bad_field", f"'text' is longer than {MAX_MARK_CHARS} characters", ref)
+        out["text"] = text
+        out["t"] = _optional_time(data.get("t"), ref)
+    elif kind == "ping":
+        t = data.get("t")
+        if t is not None and not _is_number(t):
+            raise ProtocolError("bad_field", "'t' must be a number", ref)
+        out["t"] = t
+    return out
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _optional_time(t: Any, ref: Any) -> float | None:
+    if t is None:
+        return None
+    if not _is_number(t) or t < 0:
+        raise ProtocolError("bad_field", "'t' must be a session time in seconds (a number >= 0)", ref)
+    return float(t)

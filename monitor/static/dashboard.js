@@ -1,0 +1,928 @@
+/* Mood monitor dashboard: live circumplex, heat map, time lines, marks, and the patient's history.
+ *
+ * Vanilla JS and Canvas, no build step and nothing from the internet. The
+ * server's protocol (docs/protocol.md) is the source of truth: every
+ * (re)connect starts with `hello` + `snapshot`, which replace the whole local
+ * state, so a dropped connection cannot leave the page out of sync.
+ */
+(() => {
+  "use strict";
+
+  // ---- constants -------------------------------------------------------------------------
+  const PROTOCOL = 1;
+  const MAX_POINTS = 20000; // kept for the time lines; the server's snapshot holds the recent ones
+  const TRAIL = 24; // points in the fading trajectory
+  const TRAIL_SECONDS = 120; // session seconds over which the trajectory fades out
+  const PING_MS = 15000;
+  const STALE_MS = 45000; // no message at all for this long: assume a dead connection
+
+  // Viridis (perceptually uniform, colour-blind safe), 17 stops interpolated to a 256-entry table.
+  const VIRIDIS_STOPS = ["440154", "48186a", "472d7b", "424086", "3b528b", "33638d", "2c728e", "26828e", "21918c",
+    "1fa088", "28ae80", "3fbc73", "5ec962", "84d44b", "addc30", "d8e219", "fde725"];
+  const LUT = buildLut(VIRIDIS_STOPS);
+
+  // Russell's (1980) affect words at approximately their angles on the circumplex (degrees, 0 = pleasant).
+  const AFFECT_WORDS = [
+    ["excited", 50], ["happy · pleased", 14], ["content", 340], ["relaxed · calm", 313], ["sleepy · tired", 270],
+    ["bored", 236], ["sad · depressed", 206], ["miserable", 186], ["distressed", 148], ["afraid · alarmed", 124],
+    ["angry", 101],
+  ];
+  const QUADRANT_NAMES = {
+    high_arousal_positive: "pleasant · high arousal",
+    high_arousal_negative: "unpleasant · high arousal",
+    low_arousal_negative: "unpleasant · low arousal",
+    low_arousal_positive: "pleasant · low arousal",
+    neutral: "neutral (centre)",
+  };
+  const NEUTRAL_RADIUS = 0.2; // same as the server's protocol.NEUTRAL_RADIUS and the history's
+
+  // ---- state -----------------------------------------------------------------------------
+  const params = new URLSearchParams(location.search);
+  const S = {
+    token: params.get("token") || "",
+    ws: null,
+    conn: "connecting",
+    hello: null,
+    points: [],
+    marks: [],
+    summary: emptySummary(),
+    heat: null, // {bins, data: Uint8Array, max, t, points, seq}
+    status: null,
+    paused: false,
+    ended: false,
+    retry: 0,
+    holdUntil: 0,
+    reconnectTimer: null,
+    pingTimer: null,
+    lastMessage: 0,
+    rtt: null,
+    view: "live",
+    historyLoaded: false,
+  };
+  const stats = { messages: 0, snapshots: 0, heatmapFrames: 0, points: 0, connects: 0, errors: [] };
+
+  const $ = (id) => document.getElementById(id);
+  const el = {};
+
+  function emptySummary() {
+    const q = {};
+    for (const k of Object.keys(QUADRANT_NAMES)) q[k] = 0;
+    return { points: 0, speech: 0, weight: 0, sumV: 0, sumA: 0, quadrantWeight: q };
+  }
+
+  function buildLut(stops) {
+    const rgb = stops.map((h) => [parseInt(h.slice(0, 2), 16), parseInt(h.slice(2, 4), 16), parseInt(h.slice(4, 6), 16)]);
+    const lut = new Uint8ClampedArray(256 * 3);
+    for (let i = 0; i < 256; i++) {
+      const x = (i / 255) * (rgb.length - 1);
+      const j = Math.min(Math.floor(x), rgb.length - 2);
+      const f = x - j;
+      for (let c = 0; c < 3; c++) lut[i * 3 + c] = Math.round(rgb[j][c] * (1 - f) + rgb[j + 1][c] * f);
+    }
+    return lut;
+  }
+
+  function quadrantOf(v, a) {
+    if (Math.hypot(v, a) < NEUTRAL_RADIUS) return "neutral";
+    if (a >= 0) return v >= 0 ? "high_arousal_positive" : "high_arousal_negative";
+    return v >= 0 ? "low_arousal_positive" : "low_arousal_negative";
+  }
+
+  // ---- formatting --------------------------------------------------------------------------
+  function fmtTime(s) {
+    if (s == null || !isFinite(s)) return "–";
+    s = Math.max(0, Math.round(s));
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+    const mm = h ? String(m).padStart(2, "0") : String(m);
+    return (h ? h + ":" : "") + mm + ":" + String(sec).padStart(2, "0");
+  }
+  function fmtSigned(x, digits = 2) {
+    if (x == null || !isFinite(x)) return "–";
+    return (x >= 0 ? "+" : "−") + Math.abs(x).toFixed(digits);
+  }
+  function pct(x) { return (x == null || !isFinite(x)) ? "–" : Math.round(x * 100) + "%"; }
+
+  // ---- connection --------------------------------------------------------------------------
+  function setConn(state, text) {
+    S.conn = state;
+    el.conn.dataset.state = state;
+    el.conn.textContent = text || state;
+  }
+
+  function connect() {
+    clearTimeout(S.reconnectTimer);
+    S.reconnectTimer = null;
+    if (!S.token) {
+      setConn("offline", "no token in the address");
+      return;
+    }
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const ws = new WebSocket(`${scheme}//${location.host}/ws?token=${encodeURIComponent(S.token)}`);
+    S.ws = ws;
+    setConn(S.retry ? "reconnecting" : "connecting", S.retry ? "reconnecting…" : "connecting…");
+    ws.onopen = () => {
+      if (S.ws !== ws) return;
+      stats.connects += 1;
+      S.retry = 0;
+      S.lastMessage = Date.now();
+      setConn("live", "live");
+      clearInterval(S.pingTimer);
+      S.pingTimer = setInterval(() => ping(ws), PING_MS);
+    };
+    ws.onmessage = (ev) => {
+      if (S.ws !== ws) return;
+      S.lastMessage = Date.now();
+      let msg;
+      try {
+        msg = JSON.parse(ev.data);
+      } catch (err) {
+        stats.errors.push("unparsable message");
+        return;
+      }
+      stats.messages += 1;
+      handle(msg);
+    };
+    ws.onerror = () => { /* a close event follows; reconnecting is handled there */ };
+    ws.onclose = (ev) => {
+      if (S.ws !== ws) return;
+      S.ws = null;
+      clearInterval(S.pingTimer);
+      if (ev.code === 1001 || (S.ended && ev.code !== 1008)) {
+        S.ended = true;
+        setConn("ended", "session ended");
+        updateControls();
+        return;
+      }
+      scheduleReconnect(ev.reason);
+    };
+  }
+
+  function scheduleReconnect(reason) {
+    // Quick retries for a blip; after ~10 failures the monitor is probably gone (or restarted with a new
+    // link, which this page cannot know), so keep trying only every 30 s.
+    const giveUp = S.retry >= 10;
+    const delay = (giveUp ? 30000 : Math.min(5000, 500 * 2 ** S.retry)) + Math.random() * 250;
+    S.retry += 1;
+    if (giveUp) setConn("offline", "offline: monitor unreachable (click to retry)");
+    else setConn("reconnecting", `reconnecting in ${Math.ceil(delay / 1000)} s${reason ? " (" + reason + ")" : ""}`);
+    const attempt = () => {
+      const wait = S.holdUntil - Date.now();
+      if (wait > 0) {
+        S.reconnectTimer = setTimeout(attempt, Math.min(wait, 250));
+        return;
+      }
+      connect();
+    };
+    S.reconnectTimer = setTimeout(attempt, delay);
+  }
+
+  function ping(ws) {
+    if (ws.readyState !== WebSocket.OPEN) return;
+    if (Date.now() - S.lastMessage > STALE_MS) {
+      ws.close(4000, "no messages from the server");
+      return;
+    }
+    send({ type: "ping", t: performance.now() });
+  }
+
+  function send(obj) {
+    if (!S.ws || S.ws.readyState !== WebSocket.OPEN) {
+      notice("Not connected; try again when the connection is live.", "error");
+      return false;
+    }
+    S.ws.send(JSON.stringify(obj));
+    return true;
+  }
+
+  // ---- messages ----------------------------------------------------------------------------
+  function handle(msg) {
+    switch (msg.type) {
+      case "hello": onHello(msg); break;
+      case "snapshot": onSnapshot(msg); break;
+      case "point": onPoint(msg); break;
+      case "heatmap": onHeatmap(msg); break;
+      case "mark": onMark(msg); break;
+      case "status": onStatus(msg); break;
+      case "ack": onAck(msg); break;
+      case "pong":
+        if (typeof msg.t === "number") S.rtt = performance.now() - msg.t;
+        renderStatusLine();
+        break;
+      case "error":
+        stats.errors.push(msg.code);
+        notice(`The monitor refused that: ${msg.message}`, "error");
+        break;
+      case "end":
+        S.ended = true;
+        if (msg.summary) S.summary = summaryFromServer(msg.summary);
+        setConn("ended", "session ended");
+        updateControls();
+        renderSummary();
+        break;
+      default:
+        break; // newer servers may add message types; ignore them
+    }
+  }
+
+  function onHello(msg) {
+    S.hello = msg;
+    if (msg.protocol !== PROTOCOL) notice(`This page speaks protocol ${PROTOCOL}; the monitor speaks ${msg.protocol}.`, "error");
+    const s = msg.session || {};
+    const parts = [];
+    if (s.patient_id) parts.push(`patient ${s.patient_id}`);
+    if (s.started_at) parts.push(`started ${new Date(s.started_at * 1000).toLocaleTimeString()}`);
+    if (s.source) parts.push(s.source);
+    if (msg.model) parts.push(`model ${msg.model.id}`);
+    if (msg.device) parts.push(msg.device);
+    el.sessionInfo.textContent = parts.join(" · ");
+    el.sessionInfo.title = s.id ? `session ${s.id}` : "";
+    if (s.patient_id && !el.historyPatient.value) el.historyPatient.value = s.patient_id;
+    updateControls();
+  }
+
+  function summaryFromServer(sum) {
+    const out = emptySummary();
+    out.points = sum.points || 0;
+    out.speech = sum.speech_seconds || 0;
+    out.weight = sum.weight || 0;
+    out.sumV = (sum.mean_valence || 0) * out.weight;
+    out.sumA = (sum.mean_arousal || 0) * out.weight;
+    for (const k of Object.keys(out.quadrantWeight)) out.quadrantWeight[k] = ((sum.quadrant_share || {})[k] || 0) * out.weight;
+    return out;
+  }
+
+  function onSnapshot(msg) {
+    stats.snapshots += 1;
+    S.points = (msg.points || []).slice(-MAX_POINTS);
+    S.marks = (msg.marks || []).slice();
+    S.summary = summaryFromServer(msg.summary || {});
+    S.paused = !!msg.paused;
+    S.ended = !!msg.ended;
+    S.status = msg.status || null;
+    S.heat = null;
+    if (msg.heatmap) onHeatmap(msg.heatmap, true);
+    if (S.ended) setConn("ended", "session ended");
+    renderMarks();
+    renderAll();
+  }
+
+  function onPoint(p) {
+    stats.points += 1;
+    S.points.push(p);
+    if (S.points.length > MAX_POINTS) S.points.splice(0, S.points.length - MAX_POINTS);
+    // Same weighting as the server's summary and the history: segment duration x confidence.
+    const d = Math.max(0, p.t_end - p.t_start);
+    const w = d * Math.max(0, p.confidence || 0);
+    const sum = S.summary;
+    sum.points += 1;
+    sum.speech += d;
+    sum.weight += w;
+    sum.sumV += w * p.valence;
+    sum.sumA += w * p.arousal;
+    sum.quadrantWeight[quadrantOf(p.valence, p.arousal)] += w;
+    renderLatest();
+    renderSummary();
+    schedule("overlay", "timelines");
+  }
+
+  function decodeB64(b64) {
+    const bin = atob(b64);
+    const out = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+    return out;
+  }
+
+  function onHeatmap(h, fromSnapshot) {
+    if (!fromSnapshot) stats.heatmapFrames += 1;
+    if (h.encoding !== "u8-base64") return;
+    const data = decodeB64(h.data);
+    if (data.length !== h.bins * h.bins) return;
+    S.heat = { bins: h.bins, data, max: h.max || 0, t: h.t, points: h.points, seq: h.seq };
+    schedule("heat");
+  }
+
+  function onMark(m) {
+    if (S.marks.some((x) => x.wall_time === m.wall_time && x.text === m.text)) return;
+    S.marks.push({ t: m.t, text: m.text, wall_time: m.wall_time, source: m.source });
+    renderMarks();
+    schedule("timelines");
+  }
+
+  function onStatus(st) {
+    S.status = st;
+    S.paused = !!st.paused;
+    updateControls();
+    renderStatusLine();
+    schedule("timelines");
+  }
+
+  function onAck(msg) {
+    if (msg.of === "mark" && msg.mark) {
+      el.markText.value = "";
+      el.markBtn.disabled = false;
+      notice(`Marked at ${fmtTime(msg.mark.t)}.`, "ok");
+    } else if (msg.of === "pause" || msg.of === "resume") {
+      S.paused = !!msg.paused;
+      notice(S.paused ? "Paused: speech is not analysed until you resume." : "Resumed.", "ok");
+      updateControls();
+    }
+  }
+
+  // ---- controls ----------------------------------------------------------------------------
+  function notice(text, kind) {
+    el.notice.textContent = text;
+    el.notice.dataset.kind = kind || "";
+  }
+
+  function updateControls() {
+    const canControl = !!(S.hello && S.hello.controls) && !S.ended;
+    el.pauseBtn.disabled = !canControl;
+    el.pauseBtn.textContent = S.paused ? "Resume" : "Pause";
+    el.pauseBtn.setAttribute("aria-pressed", S.paused ? "true" : "false");
+    el.markBtn.disabled = !canControl;
+    el.markText.disabled = !canControl;
+    const speech = S.paused ? "paused" : (S.status && S.status.speech_active ? "speech" : "silence");
+    el.speech.dataset.state = speech;
+    el.speech.textContent = S.ended ? "ended" : speech;
+  }
+
+  function submitMark(ev) {
+    ev.preventDefault();
+    const text = el.markText.value.trim();
+    if (!text) return;
+    if (send({ type: "mark", text, id: "m" + Date.now() })) el.markBtn.disabled = true;
+    setTimeout(() => { el.markBtn.disabled = !(S.hello && S.hello.controls) || S.ended; }, 1500);
+  }
+
+  // ---- drawing -----------------------------------------------------------------------------
+  const dirty = new Set();
+  let frameRequested = false;
+  function schedule(...parts) {
+    for (const p of parts) dirty.add(p);
+    if (!frameRequested) {
+      frameRequested = true;
+      requestAnimationFrame(() => {
+        frameRequested = false;
+        const parts = new Set(dirty);
+        dirty.clear();
+        if (S.view !== "live") return;
+        if (parts.has("heat")) drawHeat();
+        if (parts.has("overlay")) drawOverlay();
+        if (parts.has("timelines")) drawTimelines();
+      });
+    }
+  }
+  function renderAll() {
+    renderLatest();
+    renderSummary();
+    updateControls();
+    renderStatusLine();
+    schedule("heat", "overlay", "timelines");
+  }
+
+  /** Size a canvas's backing store to its CSS box at the device's pixel ratio; returns its context in CSS pixels. */
+  function fit(canvas) {
+    const dpr = window.devicePixelRatio || 1;
+    const w = Math.max(1, canvas.clientWidth), h = Math.max(1, canvas.clientHeight);
+    const bw = Math.round(w * dpr), bh = Math.round(h * dpr);
+    if (canvas.width !== bw || canvas.height !== bh) {
+      canvas.width = bw;
+      canvas.height = bh;
+    }
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, w, h);
+    return { ctx, w, h };
+  }
+
+  /** Geometry of the circumplex: the square [-1, 1]^2 inside a margin for axis titles. */
+  function geometry(w) {
+    const margin = Math.max(18, w * 0.06);
+    const r = w / 2 - margin;
+    const c = w / 2;
+    return { c, r, x: (v) => c + v * r, y: (a) => c - a * r };
+  }
+
+  /** A bins x bins heat grid (rows = arousal bottom-up) as an image, scaled so `scale` maps to the top colour. */
+  function heatImage(values, bins, scale) {
+    const img = new ImageData(bins, bins);
+    for (let row = 0; row < bins; row++) {
+      const y = bins - 1 - row; // arousal grows upwards
+      for (let col = 0; col < bins; col++) {
+        const v = scale > 0 ? Math.min(1, values[row * bins + col] / scale) : 0;
+        const o = (y * bins + col) * 4;
+        if (v <= 0) { img.data[o + 3] = 0; continue; }
+        const i = Math.round(v * 255) * 3;
+        img.data[o] = LUT[i];
+        img.data[o + 1] = LUT[i + 1];
+        img.data[o + 2] = LUT[i + 2];
+        img.data[o + 3] = Math.round(255 * Math.min(1, 0.12 + 0.95 * Math.sqrt(v)));
+      }
+    }
+    const off = document.createElement("canvas");
+    off.width = bins;
+    off.height = bins;
+    off.getContext("2d").putImageData(img, 0, 0);
+    return off;
+  }
+
+  function drawHeat() {
+    const canvas = el.heat;
+    const { ctx, w } = fit(canvas);
+    const g = geometry(w);
+    el.legendMax.textContent = S.heat && S.heat.max > 0 ? S.heat.max.toFixed(2) : "–";
+    if (!S.heat) return;
+    const off = heatImage(S.heat.data, S.heat.bins, 255);
+    ctx.imageSmoothingEnabled = true;
+    ctx.imageSmoothingQuality = "high";
+    ctx.drawImage(off, g.c - g.r, g.c - g.r, 2 * g.r, 2 * g.r);
+  }
+
+  function drawLegend(canvas) {
+    const ctx = canvas.getContext("2d");
+    const img = ctx.createImageData(canvas.width, canvas.height);
+    for (let x = 0; x < canvas.width; x++) {
+      const i = Math.round((x / (canvas.width - 1)) * 255) * 3;
+      for (let y = 0; y < canvas.height; y++) {
+        const o = (y * canvas.width + x) * 4;
+        img.data[o] = LUT[i]; img.data[o + 1] = LUT[i + 1]; img.data[o + 2] = LUT[i + 2]; img.data[o + 3] = 255;
+      }
+    }
+    ctx.putImageData(img, 0, 0);
+  }
+
+  function drawFrame(ctx, g, w, opts = {}) {
+    const small = w < 300;
+    // Square, axes, unit circle.
+    ctx.strokeStyle = "rgba(139,152,167,0.35)";
+    ctx.lineWidth = 1;
+    ctx.strokeRect(g.c - g.r, g.c - g.r, 2 * g.r, 2 * g.r);
+    ctx.beginPath();
+    ctx.moveTo(g.x(-1), g.y(0)); ctx.lineTo(g.x(1), g.y(0));
+    ctx.moveTo(g.x(0), g.y(-1)); ctx.lineTo(g.x(0), g.y(1));
+    ctx.stroke();
+    ctx.strokeStyle = "rgba(230,237,243,0.55)";
+    ctx.lineWidth = small ? 1 : 1.5;
+    ctx.beginPath();
+    ctx.arc(g.c, g.c, g.r, 0, 2 * Math.PI);
+    ctx.stroke();
+    if (opts.bare) return;
+    const fs = Math.max(10, Math.min(14, w / 42));
+    ctx.font = `${fs}px system-ui, sans-serif`;
+    ctx.textBaseline = "middle";
+    // Russell's affect words, just inside the circle.
+    ctx.textAlign = "center";
+    for (const [word, deg] of AFFECT_WORDS) {
+      const rad = (deg * Math.PI) / 180;
+      const x = g.x(0.8 * Math.cos(rad)), y = g.y(0.8 * Math.sin(rad));
+      ctx.lineWidth = 3;
+      ctx.strokeStyle = "rgba(15,20,26,0.75)";
+      ctx.strokeText(word, x, y);
+      ctx.fillStyle = "rgba(230,237,243,0.85)";
+      ctx.fillText(word, x, y);
+      ctx.beginPath();
+      ctx.arc(g.x(Math.cos(rad)), g.y(Math.sin(rad)), 2, 0, 2 * Math.PI);
+      ctx.fill();
+    }
+    // Quadrant labels in the square's corners.
+    ctx.font = `${fs * 0.85}px system-ui, sans-serif`;
+    ctx.fillStyle = "rgba(139,152,167,0.95)";
+    const inset = 0.97;
+    ctx.textAlign = "left";
+    ctx.fillText("unpleasant · high arousal", g.x(-inset), g.y(inset));
+    ctx.fillText("unpleasant · low arousal", g.x(-inset), g.y(-inset));
+    ctx.textAlign = "right";
+    ctx.fillText("pleasant · high arousal", g.x(inset), g.y(inset));
+    ctx.fillText("pleasant · low arousal", g.x(inset), g.y(-inset));
+    // Axis titles in the margin.
+    ctx.fillStyle = "rgba(230,237,243,0.8)";
+    ctx.textAlign = "center";
+    ctx.fillText("valence: unpleasant ← → pleasant", g.c, g.c + g.r + (w / 2 - g.r) / 2);
+    ctx.save();
+    ctx.translate(g.c - g.r - (w / 2 - g.r) / 2, g.c);
+    ctx.rotate(-Math.PI / 2);
+    ctx.fillText("arousal: low ← → high", 0, 0);
+    ctx.restore();
+  }
+
+  function drawOverlay() {
+    const { ctx, w } = fit(el.overlay);
+    const g = geometry(w);
+    drawFrame(ctx, g, w);
+    const pts = S.points.slice(-TRAIL);
+    if (!pts.length) return;
+    const tNow = pts[pts.length - 1].t_end;
+    // Trajectory: each step fades with the age of its newer end.
+    for (let i = 1; i < pts.length; i++) {
+      const age = tNow - pts[i].t_end;
+      const alpha = Math.max(0.08, 1 - age / TRAIL_SECONDS) * (0.25 + 0.75 * (i / pts.length));
+      ctx.strokeStyle = `rgba(255,255,255,${alpha.toFixed(3)})`;
+      ctx.lineWidth = 1.5;
+      ctx.beginPath();
+      ctx.moveTo(g.x(pts[i - 1].valence), g.y(pts[i - 1].arousal));
+      ctx.lineTo(g.x(pts[i].valence), g.y(pts[i].arousal));
+      ctx.stroke();
+    }
+    for (let i = 0; i < pts.length - 1; i++) {
+      const age = tNow - pts[i].t_end;
+      const alpha = Math.max(0.1, 1 - age / TRAIL_SECONDS) * (0.3 + 0.7 * (i / pts.length));
+      ctx.fillStyle = `rgba(255,255,255,${alpha.toFixed(3)})`;
+      ctx.beginPath();
+      ctx.arc(g.x(pts[i].valence), g.y(pts[i].arousal), 3, 0, 2 * Math.PI);
+      ctx.fill();
+    }
+    // The newest point: filled, ringed, labelled.
+    const p = pts[pts.length - 1];
+    const x = g.x(p.valence), y = g.y(p.arousal);
+    ctx.fillStyle = "#ff7a59";
+    ctx.strokeStyle = "#ffffff";
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    ctx.arc(x, y, 7, 0, 2 * Math.PI);
+    ctx.fill();
+    ctx.stroke();
+    ctx.strokeStyle = "rgba(255,122,89,0.6)";
+    ctx.beginPath();
+    ctx.arc(x, y, 13, 0, 2 * Math.PI);
+    ctx.stroke();
+  }
+
+  function drawSeries(canvas, key, opts) {
+    const { ctx, w, h } = fit(canvas);
+    const left = 34, right = 10, top = 8, bottom = 20;
+    const pw = w - left - right, ph = h - top - bottom;
+    const tMax = Math.max(10, opts.tMax);
+    const X = (t) => left + (t / tMax) * pw;
+    const Y = (v) => top + (1 - (v + 1) / 2) * ph;
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.fillStyle = "rgba(139,152,167,0.95)";
+    ctx.strokeStyle = "rgba(139,152,167,0.25)";
+    ctx.lineWidth = 1;
+    ctx.textAlign = "right";
+    ctx.textBaseline = "middle";
+    for (const v of [-1, 0, 1]) {
+      ctx.beginPath(); ctx.moveTo(left, Y(v)); ctx.lineTo(left + pw, Y(v)); ctx.stroke();
+      ctx.fillText(v === 0 ? "0" : (v > 0 ? "+1" : "−1"), left - 6, Y(v));
+    }
+    // Time ticks: about 6, on round numbers of seconds.
+    const steps = [5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600];
+    const step = steps.find((s) => tMax / s <= 7) || 7200;
+    ctx.textAlign = "center";
+    ctx.textBaseline = "top";
+    for (let t = 0; t <= tMax; t += step) {
+      ctx.textAlign = t === 0 ? "left" : (X(t) > left + pw - 20 ? "right" : "center");
+      ctx.fillText(fmtTime(t), X(t), top + ph + 5);
+    }
+    // Marks.
+    ctx.setLineDash([4, 3]);
+    ctx.strokeStyle = "rgba(242,184,75,0.9)";
+    ctx.fillStyle = "rgba(242,184,75,0.95)";
+    ctx.textAlign = "left";
+    const lanes = []; // right edge of the last label in each text lane, so close marks do not overprint
+    for (const m of S.marks.slice().sort((a, b) => a.t - b.t)) {
+      const x = X(m.t);
+      ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + ph); ctx.stroke();
+      if (!opts.labels) continue;
+      const label = m.text.length > 24 ? m.text.slice(0, 23) + "…" : m.text;
+      const width = ctx.measureText(label).width;
+      let lane = lanes.findIndex((right) => right < x);
+      if (lane < 0) lane = lanes.length;
+      if (lane > 3) continue;
+      lanes[lane] = x + 3 + width + 6;
+      ctx.fillText(label, x + 3, top + lane * 12);
+    }
+    ctx.setLineDash([]);
+    // The series: a line through segment midpoints, a dot per segment sized by confidence.
+    const pts = S.points;
+    ctx.strokeStyle = opts.colour;
+    ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    pts.forEach((p, i) => {
+      const x = X((p.t_start + p.t_end) / 2), y = Y(p[key]);
+      if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+    });
+    ctx.stroke();
+    ctx.fillStyle = opts.colour;
+    for (const p of pts) {
+      ctx.beginPath();
+      ctx.arc(X((p.t_start + p.t_end) / 2), Y(p[key]), 1.5 + 2.5 * (p.confidence || 0), 0, 2 * Math.PI);
+      ctx.fill();
+    }
+  }
+
+  function drawTimelines() {
+    const last = S.points.length ? S.points[S.points.length - 1].t_end : 0;
+    const tMax = Math.max(last, S.status ? S.status.t || 0 : 0, ...S.marks.map((m) => m.t)) * 1.02;
+    drawSeries(el.tlValence, "valence", { tMax, colour: "#4fb3d9", labels: true });
+    drawSeries(el.tlArousal, "arousal", { tMax, colour: "#c792ea", labels: false });
+  }
+
+  function renderLatest() {
+    const p = S.points[S.points.length - 1];
+    if (!p) {
+      el.latest.textContent = "Waiting for speech…";
+      return;
+    }
+    const probs = Object.entries(p.probabilities || {}).map(([k, v]) => `${k} ${pct(v)}`).join(", ");
+    el.latest.textContent = `Latest ${fmtTime(p.t_start)}–${fmtTime(p.t_end)}: valence ${fmtSigned(p.valence)}, ` +
+      `arousal ${fmtSigned(p.arousal)}, confidence ${pct(p.confidence)}${probs ? " · " + probs : ""} · ` +
+      `${Math.round(p.latency_ms)} ms after speech ended`;
+  }
+
+  function renderSummary() {
+    const s = S.summary;
+    el.sumSpeech.textContent = fmtTime(s.speech);
+    el.sumPoints.textContent = String(s.points);
+    el.sumValence.textContent = s.weight > 0 ? fmtSigned(s.sumV / s.weight) : "–";
+    el.sumArousal.textContent = s.weight > 0 ? fmtSigned(s.sumA / s.weight) : "–";
+    const rows = [];
+    for (const [k, name] of Object.entries(QUADRANT_NAMES)) {
+      const share = s.weight > 0 ? s.quadrantWeight[k] / s.weight : 0;
+      rows.push([name, share]);
+    }
+    el.quadrants.replaceChildren(...rows.map(([name, share]) => {
+      const row = document.createElement("div");
+      row.className = "quadrant";
+      const label = document.createElement("span");
+      label.textContent = name;
+      const track = document.createElement("span");
+      track.className = "track";
+      const fill = document.createElement("span");
+      fill.className = "fill";
+      fill.style.display = "block";
+      fill.style.width = (share * 100).toFixed(1) + "%";
+      track.append(fill);
+      const p = document.createElement("span");
+      p.className = "pct";
+      p.textContent = pct(share);
+      row.append(label, track, p);
+      return row;
+    }));
+  }
+
+  function renderMarks() {
+    const items = S.marks.slice().sort((a, b) => a.t - b.t).map((m) => {
+      const li = document.createElement("li");
+      const t = document.createElement("span");
+      t.className = "t";
+      t.textContent = fmtTime(m.t);
+      const text = document.createElement("span");
+      text.className = "text";
+      text.textContent = m.text;
+      li.append(t, text);
+      return li;
+    });
+    el.marks.replaceChildren(...items);
+    el.marks.scrollTop = el.marks.scrollHeight;
+  }
+
+  function renderStatusLine() {
+    const st = S.status;
+    const parts = [];
+    if (st) {
+      const q = st.queues || {};
+      parts.push(`session ${fmtTime(st.t)}`);
+      parts.push(`queues ${q.frames ?? "–"}/${q.segments ?? "–"}/${q.results ?? "–"}`);
+      parts.push(`dropped audio frames ${st.dropped_frames}`);
+      if (st.failed_segments) parts.push(`failed segments ${st.failed_segments}`);
+      if (st.server) parts.push(`viewers ${st.server.clients}`, `skipped heat map frames ${st.server.dropped_heatmap_frames}`);
+    }
+    if (S.rtt != null) parts.push(`round trip ${Math.round(S.rtt)} ms`);
+    el.statusLine.textContent = parts.join(" · ");
+  }
+
+  // ---- history -----------------------------------------------------------------------------
+  function showView(view) {
+    S.view = view;
+    const live = view === "live";
+    el.viewLive.hidden = !live;
+    el.viewHistory.hidden = live;
+    el.tabLive.setAttribute("aria-selected", String(live));
+    el.tabHistory.setAttribute("aria-selected", String(!live));
+    if (live) schedule("heat", "overlay", "timelines");
+    else if (S.hello && !S.hello.history) {
+      el.historyMsg.textContent = "History is not available: this monitor keeps no store (it was started with --no-store).";
+    } else if (!S.historyLoaded && el.historyPatient.value) {
+      loadHistory();
+    }
+  }
+
+  async function loadHistory(ev) {
+    if (ev) ev.preventDefault();
+    const patient = el.historyPatient.value.trim();
+    if (!patient) {
+      el.historyMsg.textContent = "Enter a patient id.";
+      return;
+    }
+    if (S.hello && !S.hello.history) {
+      el.historyMsg.textContent = "History is not available: this monitor keeps no store (it was started with --no-store).";
+      return;
+    }
+    const days = el.historyDays.value;
+    el.historyMsg.textContent = "Loading…";
+    const url = `/api/history?patient=${encodeURIComponent(patient)}&days=${encodeURIComponent(days)}&token=${encodeURIComponent(S.token)}`;
+    let data;
+    try {
+      const res = await fetch(url, { cache: "no-store" });
+      data = await res.json();
+      if (!res.ok) throw new Error(data && data.error ? data.error : `HTTP ${res.status}`);
+    } catch (err) {
+      el.historyBody.hidden = true;
+      el.historyMsg.textContent = `Could not load the history: ${err.message}`;
+      return;
+    }
+    S.historyLoaded = true;
+    renderHistory(data);
+  }
+
+  function renderHistory(data) {
+    const days = data.days || [];
+    const withData = days.filter((d) => d.metrics && d.metrics.points > 0);
+    el.historyMsg.textContent = `${data.patient}: ${withData.length} of ${days.length} days with speech, ` +
+      `${(data.sessions || []).length} sessions.`;
+    el.historyBody.hidden = false;
+    const scale = data.scale_max || 0;
+    el.historyLegendMax.textContent = scale > 0 ? scale.toFixed(2) : "–";
+    // Small multiples: every day on the same colour scale, so days compare by eye.
+    el.historyGrid.replaceChildren(...days.map((d) => {
+      const box = document.createElement("figure");
+      box.className = "day";
+      box.style.margin = "0";
+      const m = d.metrics || {};
+      box.dataset.empty = String(!(m.points > 0));
+      const canvas = document.createElement("canvas");
+      canvas.setAttribute("aria-label", `Heat map of ${d.date}`);
+      const cap = document.createElement("figcaption");
+      const date = document.createElement("div");
+      date.className = "date";
+      date.textContent = d.date;
+      const info = document.createElement("div");
+      info.className = "muted";
+      info.textContent = m.points > 0 ? `${m.points} pts · ${fmtTime(m.speech_seconds)}` : "no speech";
+      cap.append(date, info);
+      box.append(canvas, cap);
+      box._draw = () => drawDay(canvas, d, scale);
+      return box;
+    }));
+    for (const box of el.historyGrid.children) box._draw();
+    S.historyData = data;
+    drawTrends(data);
+    renderSessions(data.sessions || []);
+  }
+
+  function drawDay(canvas, day, scale) {
+    const { ctx, w } = fit(canvas);
+    const g = { c: w / 2, r: w / 2 - 4 };
+    g.x = (v) => g.c + v * g.r;
+    g.y = (a) => g.c - a * g.r;
+    const hm = day.heatmap;
+    if (hm && hm.grid && hm.grid.length) {
+      const bins = hm.grid.length;
+      const flat = new Float64Array(bins * bins);
+      for (let r = 0; r < bins; r++) for (let c = 0; c < bins; c++) flat[r * bins + c] = +hm.grid[r][c] || 0;
+      ctx.imageSmoothingEnabled = true;
+      ctx.drawImage(heatImage(flat, bins, scale), g.c - g.r, g.c - g.r, 2 * g.r, 2 * g.r);
+    }
+    drawFrame(ctx, g, w, { bare: true });
+  }
+
+  function drawTrends(data) {
+    const days = data.days || [];
+    const draw = (canvas, key, colour) => {
+      const { ctx, w, h } = fit(canvas);
+      const left = 34, right = 10, top = 8, bottom = 20;
+      const pw = w - left - right, ph = h - top - bottom;
+      const n = Math.max(days.length, 1);
+      const X = (i) => left + (n === 1 ? pw / 2 : (i / (n - 1)) * pw);
+      const Y = (v) => top + (1 - (Math.max(-1, Math.min(1, v)) + 1) / 2) * ph;
+      ctx.font = "11px system-ui, sans-serif";
+      ctx.fillStyle = "rgba(139,152,167,0.95)";
+      ctx.strokeStyle = "rgba(139,152,167,0.25)";
+      ctx.textAlign = "right";
+      ctx.textBaseline = "middle";
+      for (const v of [-1, 0, 1]) {
+        ctx.beginPath(); ctx.moveTo(left, Y(v)); ctx.lineTo(left + pw, Y(v)); ctx.stroke();
+        ctx.fillText(v === 0 ? "0" : (v > 0 ? "+1" : "−1"), left - 6, Y(v));
+      }
+      ctx.textAlign = "center";
+      ctx.textBaseline = "top";
+      const every = Math.ceil(n / 8);
+      days.forEach((d, i) => {
+        if (i % every !== 0 && i !== n - 1) return;
+        // The last day gets a label too, unless it would overprint the previous one.
+        if (i === n - 1 && i % every !== 0 && X(i) - X(i - i % every) < 1.7 * ctx.measureText(d.date.slice(5)).width) return;
+        ctx.textAlign = n > 1 && i === n - 1 ? "right" : (n > 1 && i === 0 ? "left" : "center");
+        ctx.fillText(d.date.slice(5), X(i), top + ph + 5);
+      });
+      // Interval bands and mean line; days without speech leave gaps.
+      const stat = (d) => {
+        const m = d.metrics && d.metrics.points > 0 ? d.metrics[key] : null;
+        if (typeof m === "number") return { mean: m, ci95: null };
+        return m && m.mean != null ? m : null;
+      };
+      ctx.fillStyle = colour + "33";
+      ctx.strokeStyle = colour;
+      for (let i = 0; i < days.length; i++) {
+        const s = stat(days[i]);
+        if (!s || !s.ci95 || s.ci95[0] == null || s.ci95[1] == null) continue;
+        const half = Math.max(3, pw / n / 3);
+        ctx.fillRect(X(i) - half, Y(s.ci95[1]), 2 * half, Y(s.ci95[0]) - Y(s.ci95[1]));
+      }
+      ctx.lineWidth = 1.5;
+      ctx.beginPath();
+      let open = false;
+      for (let i = 0; i < days.length; i++) {
+        const s = stat(days[i]);
+        if (!s) { open = false; continue; }
+        if (open) ctx.lineTo(X(i), Y(s.mean)); else ctx.moveTo(X(i), Y(s.mean));
+        open = true;
+      }
+      ctx.stroke();
+      ctx.fillStyle = colour;
+      for (let i = 0; i < days.length; i++) {
+        const s = stat(days[i]);
+        if (!s) continue;
+        ctx.beginPath(); ctx.arc(X(i), Y(s.mean), 3, 0, 2 * Math.PI); ctx.fill();
+      }
+    };
+    draw(el.trendValence, "mean_valence", "#4fb3d9");
+    draw(el.trendArousal, "mean_arousal", "#c792ea");
+  }
+
+  function renderSessions(sessions) {
+    const tbody = el.historySessions.tBodies[0];
+    // Times may come as ISO 8601 text or as Unix seconds.
+    const toDate = (x) => (x == null ? null : new Date(typeof x === "number" ? x * 1000 : x));
+    tbody.replaceChildren(...sessions.map((s) => {
+      const tr = document.createElement("tr");
+      const started = toDate(s.started_at), ended = toDate(s.ended_at);
+      const ok = (d) => d && !isNaN(d.getTime());
+      const cells = [
+        ok(started) ? started.toLocaleString() : "–",
+        ok(started) && ok(ended) ? fmtTime((ended - started) / 1000) : "–",
+        String(s.points ?? "–"),
+        fmtTime(s.speech_seconds),
+        fmtSigned(s.mean_valence),
+        fmtSigned(s.mean_arousal),
+      ];
+      for (const c of cells) {
+        const td = document.createElement("td");
+        td.textContent = c;
+        tr.append(td);
+      }
+      return tr;
+    }));
+  }
+
+  // ---- start -------------------------------------------------------------------------------
+  function init() {
+    Object.assign(el, {
+      conn: $("conn"), sessionInfo: $("session-info"), heat: $("heat-layer"), overlay: $("overlay-layer"),
+      legendMax: $("legend-max"), latest: $("latest"), speech: $("speech"), pauseBtn: $("pause-btn"),
+      markForm: $("mark-form"), markText: $("mark-text"), markBtn: $("mark-btn"), notice: $("notice"),
+      sumSpeech: $("sum-speech"), sumPoints: $("sum-points"), sumValence: $("sum-valence"), sumArousal: $("sum-arousal"),
+      quadrants: $("quadrants"), marks: $("marks"), statusLine: $("status-line"), tlValence: $("tl-valence"),
+      tlArousal: $("tl-arousal"), viewLive: $("view-live"), viewHistory: $("view-history"), tabLive: $("tab-live"),
+      tabHistory: $("tab-history"), historyForm: $("history-form"), historyPatient: $("history-patient"),
+      historyDays: $("history-days"), historyMsg: $("history-msg"), historyBody: $("history-body"),
+      historyGrid: $("history-grid"), historyLegendMax: $("history-legend-max"), trendValence: $("trend-valence"),
+      trendArousal: $("trend-arousal"), historySessions: $("history-sessions"),
+    });
+    drawLegend($("legend-bar"));
+    drawLegend($("history-legend"));
+    el.markForm.addEventListener("submit", submitMark);
+    el.pauseBtn.addEventListener("click", () => send({ type: S.paused ? "resume" : "pause", id: "p" + Date.now() }));
+    el.conn.addEventListener("click", () => {
+      if (!S.ws && (S.conn === "ended" || S.conn === "offline")) { S.retry = 1; connect(); }
+    });
+    window.addEventListener("online", () => { if (!S.ws && S.conn !== "ended") { S.retry = 1; connect(); } });
+    el.tabLive.addEventListener("click", () => showView("live"));
+    el.tabHistory.addEventListener("click", () => showView("history"));
+    el.historyForm.addEventListener("submit", loadHistory);
+    new ResizeObserver(() => {
+      schedule("heat", "overlay", "timelines");
+      if (S.view === "history" && S.historyData) {
+        for (const box of el.historyGrid.children) if (box._draw) box._draw();
+        drawTrends(S.historyData);
+      }
+    }).observe(document.body);
+    renderAll();
+    connect();
+  }
+
+  // A small handle for debugging in the browser console and for the end-to-end test.
+  window.moodDashboard = {
+    state: S,
+    stats,
+    /** Drop the connection as a network failure would; automatic reconnection waits at least `holdMs`. */
+    simulateDrop(holdMs = 0) {
+      S.holdUntil = Date.now() + holdMs;
+      if (S.ws) S.ws.close(4001, "simulated drop");
+    },
+    /** Let a held reconnection go ahead now. */
+    allowReconnect() { S.holdUntil = 0; },
+  };
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+  else init();
+})();

@@ -1,0 +1,326 @@
+"""End to end: run_monitor.py replays real RAVDESS speech; headless Chromium shows it live.
+
+Asserts what a therapist relies on: points appear, the heat map changes, a mark
+typed in the page goes through the pipeline (it lands in the JSONL output) and
+back to the page, a dropped connection resyncs from the snapshot (including a
+point it missed while offline), the page ends in exactly the pipeline's state,
+the layout fits a tablet, and the browser logs no errors. Saves screenshots
+(to MOOD_MONITOR_SCREENSHOT as well, when set, to refresh docs/dashboard.png).
+
+Needs Debian's chromium (or MOOD_MONITOR_CHROMIUM) and the playwright Python
+package; the monitor takes ~20 s to start (model and numba imports).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("MOOD_MONITOR_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TOKEN = "e2e-token"
+#: RAVDESS emotion codes (3rd field of the file name): happy, sad, angry, fearful.
+EMOTIONS = ("03", "04", "05", "06")
+
+
+@pytest.fixture(scope="module")
+def playwright_api():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Chromium not found at {CHROMIUM} (install Debian's chromium or set MOOD_MONITOR_CHROMIUM)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+    with sync_api.sync_playwright() as pw:
+        yield pw
+
+
+@pytest.fixture(scope="module")
+def session_wav(ravdess_dir, tmp_path_factory) -> Path:
+    """2 s of silence (the browser connects), then four strong-intensity clips of one actor, 0.4 s apart (~17 s)."""
+    import soundfile as sf
+
+    parts, rate = [], None
+    for code in EMOTIONS:
+        path = ravdess_dir / "Actor_01" / f"03-01-{code}-02-01-01-01.wav"
+        if not path.exists():
+            pytest.skip(f"RAVDESS clip {path.name} is missing")
+        audio, sr = sf.read(path, dtype="float32", always_2d=True)
+        rate = rate or sr
+        assert sr == rate
+        parts += [audio.mean(axis=1), np.zeros(int(0.4 * sr), dtype=np.float32)]
+    parts.insert(0, np.zeros(2 * rate, dtype=np.float32))
+    out = tmp_path_factory.mktemp("e2e_audio") / "session.wav"
+    sf.write(out, np.concatenate(parts), rate, subtype="PCM_16")
+    return out
+
+
+class Monitor:
+    """run_monitor.py as a subprocess: its printed dashboard address, its stderr, its JSONL output."""
+
+    def __init__(self, wav: Path, bundle: Path, jsonl: Path):
+        self.jsonl = jsonl
+        cmd = [sys.executable, str(REPO / "run_monitor.py"), "--input", str(wav), "--model", str(bundle),
+               "--no-store", "--port", "0", "--token", TOKEN, "--linger", "120", "--max-segment", "1.5",
+               "--jsonl", str(jsonl)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True)
+        self.lines: list[str] = []
+        self.url: str | None = None
+        self._found = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            match = re.match(r"^dashboard: (https?://\S+)$", line.strip())
+            if match:
+                self.url = match.group(1)
+                self._found.set()
+        self._found.set()
+
+    def wait_url(self, timeout: float = 180.0) -> str:
+        self._found.wait(timeout)
+        if self.url is None:
+            raise AssertionError("the monitor printed no dashboard address:\n" + "\n".join(self.lines[-30:]))
+        return self.url
+
+    def records(self, kind: str) -> list[dict]:
+        if not self.jsonl.exists():
+            return []
+        out = []
+        for line in self.jsonl.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                if record["type"] == kind:
+                    out.append(record)
+        return out
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # Ctrl-C: ends the linger
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def wait_until(page, js: str, timeout: float = 30.0, what: str = ""):
+    """Poll a JavaScript expression (page.wait_for_function would need 'unsafe-eval', which the page's CSP forbids)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = page.evaluate(js)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or js}")
+        time.sleep(0.1)
+
+
+HEAT_SIGNATURE = """() => {
+  const c = document.getElementById('heat-layer');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let lit = 0, sum = 0;
+  for (let i = 0; i < d.length; i += 4) { if (d[i + 3] > 0) { lit++; sum += d[i] * 3 + d[i + 1] * 5 + d[i + 2] * 7 + d[i + 3]; } }
+  return [lit, sum];
+}"""
+
+CANVAS_LIT = """(id) => {
+  const c = document.getElementById(id);
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let lit = 0;
+  for (let i = 3; i < d.length; i += 4) if (d[i] > 0) lit++;
+  return lit;
+}"""
+
+
+def test_live_dashboard_end_to_end(playwright_api, session_wav, tiny_bundle, tmp_path):
+    monitor = Monitor(session_wav, tiny_bundle, tmp_path / "points.jsonl")
+    browser = None
+    problems: list[str] = []
+    try:
+        # The browser starts while the monitor loads its model, so the page is there when speech begins.
+        browser = playwright_api.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1366, "height": 900}, device_scale_factor=1)
+        page = context.new_page()
+        page.on("console", lambda m: problems.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        url = monitor.wait_url()
+        assert re.fullmatch(rf"http://127\.0\.0\.1:\d+/\?token={TOKEN}", url)
+        page.goto(url)
+
+        # Connected, and the hello is shown.
+        wait_until(page, "document.getElementById('conn').dataset.state === 'live'", 20, "a live connection")
+        assert "tiny-wavlm" in page.inner_text("#session-info")
+
+        # Points appear; the heat map is drawn and changes as more speech arrives.
+        wait_until(page, "moodDashboard.state.points.length >= 1", 90, "the first point")
+        wait_until(page, "moodDashboard.state.heat && moodDashboard.state.heat.points >= 1", 10, "a heat map")
+        first = wait_until(page, f"(() => {{ const s = ({HEAT_SIGNATURE})(); return s[0] > 0 ? s : null; }})()",
+                           5, "heat map pixels")
+        wait_until(page, "moodDashboard.state.points.length >= 2", 60, "a second point")
+        assert page.inner_text("#sum-points") != "0"
+        assert page.inner_text("#latest").startswith("Latest")
+
+        # A mark typed in the page goes through the pipeline and comes back.
+        page.fill("#mark-text", "e2e: patient sighs")
+        page.press("#mark-text", "Enter")
+        wait_until(page, "document.getElementById('marks').innerText.includes('e2e: patient sighs')", 10,
+                   "the mark in the list")
+        assert page.inner_text("#notice").startswith("Marked at")
+        assert page.input_value("#mark-text") == ""
+
+        # Drop the connection and hold it down until the pipeline has produced a point the page missed.
+        seen = page.evaluate("moodDashboard.state.points.length")
+        page.evaluate("moodDashboard.simulateDrop(120000)")
+        wait_until(page, "document.getElementById('conn').dataset.state === 'reconnecting'", 5, "the drop")
+        deadline = time.monotonic() + 60
+        while len(monitor.records("point")) <= seen:
+            assert time.monotonic() < deadline, "no new point while the page was offline"
+            time.sleep(0.1)
+        assert page.evaluate("moodDashboard.state.points.length") == seen  # it really missed it
+        page.evaluate("moodDashboard.allowReconnect()")
+        wait_until(page, "document.getElementById('conn').dataset.state === 'live' "
+                         "&& moodDashboard.stats.snapshots === 2", 15, "the reconnect")
+        missed = monitor.records("point")
+        page_indices = page.evaluate("moodDashboard.state.points.map(p => p.index)")
+        assert page_indices[: len(missed)] == [r["index"] for r in missed]  # resynced, missed point included
+        assert "e2e: patient sighs" in page.inner_text("#marks")  # marks come back with the snapshot
+
+        # Heat map changed since the first frame.
+        wait_until(page, f"(() => {{ const s = ({HEAT_SIGNATURE})(); "
+                         f"return s[0] > 0 && (s[0] !== {first[0]} || s[1] !== {first[1]}); }})()", 10,
+                   "the heat map to change")
+
+        # Let the replay finish: the page ends in exactly the pipeline's state.
+        wait_until(page, "moodDashboard.state.ended", 90, "the end of the session")
+        points = monitor.records("point")
+        page_points = page.evaluate("moodDashboard.state.points")
+        assert [p["index"] for p in page_points] == [r["index"] for r in points]
+        np.testing.assert_allclose([p["valence"] for p in page_points], [r["valence"] for r in points], atol=1e-3)
+        np.testing.assert_allclose([p["arousal"] for p in page_points], [r["arousal"] for r in points], atol=1e-3)
+        assert int(page.inner_text("#sum-points")) == len(points) >= 4
+        marks = monitor.records("mark")
+        assert [(m["text"], m["source"]) for m in marks] == [("e2e: patient sighs", "dashboard")]
+        assert page.evaluate(CANVAS_LIT, "tl-valence") > 0 and page.evaluate(CANVAS_LIT, "tl-arousal") > 0
+        assert page.inner_text("#conn") == "session ended"
+        time.sleep(0.5)  # a last animation frame
+        page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+        if os.environ.get("MOOD_MONITOR_SCREENSHOT"):
+            page.screenshot(path=os.environ["MOOD_MONITOR_SCREENSHOT"], full_page=True)
+
+        # A tablet in portrait: one column, nothing wider than the screen.
+        page.set_viewport_size({"width": 820, "height": 1180})
+        time.sleep(0.5)
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        box = page.locator("#circumplex").bounding_box()
+        assert box["width"] >= 500 and abs(box["width"] - box["height"]) < 2
+        page.screenshot(path=str(tmp_path / "dashboard-tablet.png"), full_page=True)
+
+        # History needs a store; with --no-store the view says so without a failing request.
+        page.click("#tab-history")
+        assert "no store" in page.inner_text("#history-msg")
+        page.click("#tab-live")
+
+        # A second browser tab opened after the session still gets the whole picture from the snapshot.
+        late = context.new_page()
+        late.on("console", lambda m: problems.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+        late.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        late.goto(url)
+        wait_until(late, f"moodDashboard.state.points.length === {len(points)}", 10, "the late tab's snapshot")
+        assert "e2e: patient sighs" in late.inner_text("#marks")
+        assert late.inner_text("#conn") == "session ended"
+
+        assert problems == [], problems
+    finally:
+        if browser is not None:
+            browser.close()
+        code = monitor.stop()
+    assert code == 0, "\n".join(monitor.lines[-30:])
+    assert any(line.startswith("session ") for line in monitor.lines)  # the summary was printed
+
+
+def test_history_view(playwright_api, tmp_path):
+    """The History tab draws a patient's real aggregated history: a temporary store, monitor.aggregate, the endpoint."""
+    store_mod = pytest.importorskip("monitor.store", reason="monitor.store is not available")
+    pytest.importorskip("monitor.aggregate", reason="monitor.aggregate is not available")
+    from monitor.events import Point, SessionInfo
+    from monitor.heatmap import RollingHeatmap
+    from monitor.server import DashboardServer, ServerConfig
+
+    def info(sid: str, started: float) -> SessionInfo:
+        return SessionInfo(session_id=sid, started_at=started, model_id="m@1", model_version="1", device="cpu",
+                           labels=("neutral",), source="test", patient_id="p-42")
+
+    store = store_mod.Store.open(tmp_path / "history.sqlite")
+    now = time.time()
+    rng = np.random.default_rng(0)
+    days_with_sessions = [k for k in range(13, -1, -1) if k % 4 != 3]  # 11 of the last 14 days
+    for n, k in enumerate(days_with_sessions):
+        started = now - k * 86400 - 3600
+        centre = np.array([-0.6 + 1.2 * n / len(days_with_sessions), 0.5 * np.sin(n)])
+        points, t = [], 0.0
+        for i in range(40 + 5 * n):
+            v, a = np.clip(centre + rng.normal(0, 0.15, 2), -1, 1)
+            points.append(Point(i, t, t + 2.0, float(v), float(a), 0.8, {}, 50.0, started + t + 2.0))
+            t += 3.0
+        store.begin_session(info(f"s{n}", started))
+        store.add_points(f"s{n}", points)
+        store.end_session(f"s{n}", started + t)
+
+    server = DashboardServer(ServerConfig(port=0, token=TOKEN), store=store)
+    server.start(info("live", now), RollingHeatmap())
+    browser = None
+    problems: list[str] = []
+    try:
+        browser = playwright_api.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda m: problems.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.goto(server.url)
+        wait_until(page, "document.getElementById('conn').dataset.state === 'live'", 20, "a live connection")
+        page.click("#tab-history")  # the running session's patient is filled in and loaded
+        wait_until(page, "document.querySelectorAll('#history-grid .day').length === 14", 20, "14 small multiples")
+        assert page.input_value("#history-patient") == "p-42"
+        assert "11 of 14 days with speech, 11 sessions" in page.inner_text("#history-msg")
+        assert page.evaluate("document.querySelectorAll('#history-grid .day[data-empty=\"true\"]').length") == 3
+        assert page.evaluate("document.querySelectorAll('#history-sessions tbody tr').length") == 11
+        assert "–" not in page.inner_text("#history-sessions tbody tr:first-child")  # dates and lengths parsed
+        for canvas in ("trend-valence", "trend-arousal"):
+            assert page.evaluate(CANVAS_LIT, canvas) > 0
+        lit = page.evaluate("""() => [...document.querySelectorAll('#history-grid canvas')].map(c => {
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let n = 0; for (let i = 0; i < d.length; i += 4) {  // colourful (viridis) pixels; the frame is grey
+              const hi = Math.max(d[i], d[i + 1], d[i + 2]), lo = Math.min(d[i], d[i + 1], d[i + 2]);
+              if (d[i + 3] > 100 && hi - lo > 40) n++; }
+            return n; })""")
+        empty = page.evaluate("[...document.querySelectorAll('#history-grid .day')].map(d => d.dataset.empty)")
+        assert all((n > 0) == (e == "false") for n, e in zip(lit, empty)), (lit, empty)  # heat maps on speech days only
+        page.select_option("#history-days", "30")
+        page.click("#history-form button[type=submit]")
+        wait_until(page, "document.querySelectorAll('#history-grid .day').length === 30", 20, "30 small multiples")
+        page.fill("#history-patient", "nobody")
+        page.click("#history-form button[type=submit]")
+        wait_until(page, "document.getElementById('history-msg').innerText.includes('0 sessions')", 20,
+                   "an empty history")
+        page.screenshot(path=str(tmp_path / "history.png"), full_page=True)
+        assert problems == [], problems
+    finally:
+        if browser is not None:
+            browser.close()
+        server.close()
+        store.close()

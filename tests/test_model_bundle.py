@@ -167,7 +167,7 @@ def test_device_choice_and_mixed_precision_paths(tiny_bundle, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert autocast_dtype(torch.device("cuda")) is torch.float16
     with pytest.raises(ValueError):
-        autocast_dtype(torch.device("cpu"), "int8")
+        autocast_dtype(torch.device("cpu"), "int4")
     # The autocast branch itself, run on the CPU in bf16: same answer as fp32 within bf16 precision.
     fp32 = EmotionModel.from_bundle(tiny_bundle, device="cpu", precision="fp32")
     bf16 = EmotionModel.from_bundle(tiny_bundle, device="cpu", precision="bf16")

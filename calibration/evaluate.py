@@ -1,0 +1,379 @@
+"""Evaluate a fitted reducer: metrics as JSON, the circumplex as PNG.
+
+Library: :func:`evaluate_points` (metrics of points already on the plane),
+:func:`evaluate_reducer` (transform embeddings, then score them),
+:func:`plot_circumplex`. CLI: ``python -m calibration.evaluate --help``; it
+scores a bundle on an exported-embedding file or on a folder of audio.
+
+Metrics (see ``calibration.metrics``): CCC against dimensional labels where
+the corpus has them; anchor agreement (CCC against the anchor of each true
+category); head UAR / WA where predictions are known; circular order of class
+centroids vs anchors (Fisher-Lee correlation, mean absolute angular error);
+centroid drift from anchors; the intensity check (strong vs normal arousal);
+Mahalanobis separation of class Gaussians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from calibration import metrics as M
+from calibration.anchors import get_anchor_set
+
+DEFAULT_OUT = Path("out") / "calibration-eval"
+
+
+def evaluate_points(
+    points: np.ndarray,
+    labels: Sequence[str],
+    anchors: Mapping[str, Sequence[float]],
+    *,
+    pred: Sequence[str] | None = None,
+    valence: Sequence[float] | None = None,
+    arousal: Sequence[float] | None = None,
+    intensity: Sequence | None = None,
+    speakers: Sequence[str] | None = None,
+    sentences: Sequence[str] | None = None,
+) -> dict:
+    """Every metric for ``points`` [n, 2] = (valence, arousal) with true ``labels``.
+
+    Metrics whose inputs are missing come back as None (not zero), so a JSON
+    reader can tell "not measured" from "bad".
+    """
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    labels = np.asarray(labels, dtype=str)
+    if len(points) != len(labels):
+        raise ValueError(f"{len(points)} points but {len(labels)} labels")
+    missing = sorted(set(labels.tolist()) - set(anchors))
+    if missing:
+        raise KeyError(f"no anchor for label(s) {missing}")
+    classes = sorted(set(labels.tolist()))
+    out: dict = {
+        "n": int(len(points)),
+        "classes": classes,
+        "class_counts": {c: int(np.sum(labels == c)) for c in classes},
+        "anchor_agreement": M.anchor_agreement(points, labels, anchors),
+        "circular_order": M.circular_order(points, labels, anchors),
+        "centroid_drift": M.centroid_drift(points, labels, anchors),
+        "centroids": {c: [float(v) for v in m] for c, m in M.class_centroids(points, labels).items()},
+        "separation": M.mahalanobis_separation(points, labels),
+        "ccc_labels": None,
+        "head": None,
+        "intensity": None,
+    }
+    dims = {}
+    for name, col, target in (("valence", 0, valence), ("arousal", 1, arousal)):
+        if target is None:
+            continue
+        t = np.asarray(target, dtype=np.float64)
+        ok = np.isfinite(t)
+        if ok.sum() >= 2:
+            dims[name] = M.ccc(points[ok, col], t[ok])
+            dims[f"n_{name}"] = int(ok.sum())
+    if dims:
+        out["ccc_labels"] = dims
+    if pred is not None:
+        pred = np.asarray(pred, dtype=str)
+        out["head"] = {"uar": M.uar(labels, pred), "wa": M.weighted_accuracy(labels, pred)}
+    if intensity is not None and speakers is not None and sentences is not None:
+        check = M.intensity_check(points[:, 1], intensity, speakers, sentences, labels)
+        if check["n_pairs"] > 0:
+            out["intensity"] = check
+    return out
+
+
+def evaluate_reducer(reducer, data: Mapping[str, np.ndarray], method: str = "fast",
+                     anchors: Mapping[str, Sequence[float]] | None = None) -> tuple[dict, np.ndarray]:
+    """Transform ``data["embeddings"]`` with ``reducer`` and score the points.
+
+    ``data`` is an exported-embedding dict (``calibration.data``). Anchors
+    default to the reducer's own, completed from the full table for labels it
+    was not fitted on.
+    """
+    from calibration.data import head_predictions
+
+    if anchors is None:
+        anchors = {**dict(get_anchor_set("all").anchors), **reducer.anchors_}
+    points = reducer.transform(data["embeddings"], method=method)
+    result = evaluate_points(
+        points,
+        data["labels"],
+        anchors,
+        pred=head_predictions(data),
+        valence=data.get("valence"),
+        arousal=data.get("arousal"),
+        intensity=data.get("intensity"),
+        speakers=data.get("speakers"),
+        sentences=data.get("sentence"),
+    )
+    result["method"] = method
+    result["reducer"] = {"align": reducer.align, "mode": reducer.mode, "train_drift": reducer.drift_}
+    return result, points
+
+
+# ------------------------------------------------------------------ plotting
+def draw_circumplex(ax, points: np.ndarray, labels: Sequence[str], anchors: Mapping[str, Sequence[float]],
+                    title: str | None = None, max_points: int = 4000, seed: int = 0) -> None:
+    """Points, anchors, class centroids and 1-sigma covariance ellipses on one axes."""
+    import matplotlib
+    from matplotlib.patches import Circle, Ellipse
+
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    labels = np.asarray(labels, dtype=str)
+    classes = sorted(set(labels.tolist()))
+    cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
+    ax.add_patch(Circle((0, 0), 1.0, fill=False, color="0.8", lw=1))
+    ax.axhline(0, color="0.85", lw=0.8, zorder=0)
+    ax.axvline(0, color="0.85", lw=0.8, zorder=0)
+    shown = np.arange(len(points))
+    if len(points) > max_points:
+        shown = np.sort(np.random.default_rng(seed).choice(len(points), max_points, replace=False))
+    for i, c in enumerate(classes):
+        color = cmap(i % cmap.N)
+        p = points[labels == c]
+        sel = points[shown][labels[shown] == c]
+        ax.scatter(sel[:, 0], sel[:, 1], s=6, color=color, alpha=0.35, linewidths=0)
+        mean = p.mean(axis=0)
+        if len(p) > 2:
+            vals, vecs = np.linalg.eigh(np.cov(p, rowvar=False))
+            vals = np.clip(vals, 0, None)
+            angle = math.degrees(math.atan2(vecs[1, 1], vecs[0, 1]))
+            ax.add_patch(Ellipse(mean, 2 * math.sqrt(vals[1]), 2 * math.sqrt(vals[0]), angle=angle,
+                                 fill=False, color=color, lw=1.5))
+        ax.plot(*mean, "o", color=color, ms=6, mec="black", mew=0.6)
+        if c in anchors:
+            a = np.asarray(anchors[c], dtype=np.float64)
+            ax.plot(*a, "*", color=color, ms=14, mec="black", mew=0.8)
+            ax.annotate("", xy=mean, xytext=a, arrowprops={"arrowstyle": "->", "color": color, "lw": 1})
+            ax.annotate(c, a, textcoords="offset points", xytext=(6, 6), fontsize=8)
+    ax.set_xlim(-1.1, 1.1)
+    ax.set_ylim(-1.1, 1.1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("valence")
+    ax.set_ylabel("arousal")
+    if title:
+        ax.set_title(title, fontsize=10)
+
+
+def plot_circumplex(points: np.ndarray, labels: Sequence[str], anchors: Mapping[str, Sequence[float]],
+                    path: str | Path, title: str | None = None) -> Path:
+    """Write the circumplex PNG: stars = anchors, dots = class centroids (arrow from
+    anchor to centroid = drift), ellipses = 1-sigma class covariance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    draw_circumplex(ax, points, labels, anchors, title=title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------- outputs
+def to_jsonable(obj):
+    """NaN/inf -> None and numpy scalars -> Python, so the JSON is strict."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.str_):
+        return str(obj)
+    return obj
+
+
+def write_report(result: dict, points: np.ndarray, labels: Sequence[str], anchors: Mapping,
+                 out: str | Path, title: str) -> tuple[Path, Path]:
+    """``metrics.json`` and ``circumplex.png`` in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    js = out / "metrics.json"
+    js.write_text(json.dumps(to_jsonable(result), indent=2, sort_keys=True, allow_nan=False) + "\n")
+    png = plot_circumplex(points, labels, anchors, out / "circumplex.png", title=title)
+    return js, png
+
+
+def summary_lines(result: dict) -> list[str]:
+    """A few human-readable lines for the terminal."""
+    f = lambda v: "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"  # noqa: E731
+    aa, co, dr = result["anchor_agreement"], result["circular_order"], result["centroid_drift"]
+    lines = [
+        f"n={result['n']}  classes={len(result['classes'])}  method={result.get('method', '?')}",
+        f"anchor agreement CCC: valence {f(aa['valence'])}  arousal {f(aa['arousal'])}",
+        f"circular order: Fisher-Lee {f(co['fisher_lee'])}  "
+        f"mean |angle error| {f(co['mean_abs_angular_error_deg'])} deg",
+        f"centroid drift from anchors: mean {f(dr['mean'])}",
+        f"Mahalanobis separation: mean {f(result['separation']['mean'])}  min {f(result['separation']['min'])}",
+    ]
+    if result.get("ccc_labels"):
+        c = result["ccc_labels"]
+        lines.append(f"CCC vs labels: valence {f(c.get('valence'))}  arousal {f(c.get('arousal'))}")
+    if result.get("head"):
+        lines.append(f"head: UAR {f(result['head']['uar'])}  WA {f(result['head']['wa'])}")
+    if result.get("intensity"):
+        i = result["intensity"]
+        lines.append(f"intensity: strong > normal arousal in {f(i['share'])} of {i['n_pairs']} pairs")
+    return lines
+
+
+# ------------------------------------------------------------- audio folder
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+def _read_manifest(path: Path, root: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "path" not in rows[0] or "label" not in rows[0]:
+        raise ValueError(f"{path}: manifest needs a header with at least 'path' and 'label'")
+    for r in rows:
+        p = Path(r["path"])
+        r["path"] = str(p if p.is_absolute() else root / p)
+    return rows
+
+
+def _audio_rows(folder: Path, manifest: Path | None) -> list[dict[str, str]]:
+    """One dict per file: path, label and whatever else is known (speaker, sentence, ...)."""
+    from calibration.data import parse_ravdess_name
+
+    if manifest is not None:
+        return _read_manifest(manifest, folder)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {folder}")
+    try:
+        return [{"path": str(p), **parse_ravdess_name(p)} for p in files]
+    except ValueError as e:
+        raise ValueError(f"{e}; for other corpora pass --manifest with path,label[,speaker,sentence,"
+                         "intensity,valence,arousal] columns") from None
+
+
+def _load_wave(path: str) -> np.ndarray:
+    """Float32 mono 16 kHz samples of one file."""
+    import soundfile as sf
+
+    x, sr = sf.read(path, dtype="float32", always_2d=True)
+    x = x.mean(axis=1)
+    if sr != 16000:
+        import soxr
+
+        x = soxr.resample(x, sr, 16000).astype(np.float32)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def embed_audio_folder(bundle: str | Path, folder: str | Path, manifest: str | Path | None = None,
+                       batch: int = 16) -> dict[str, np.ndarray]:
+    """Run the bundle's Stage I model over a folder; returns an exported-embedding dict.
+
+    Uses the runtime's ``monitor.model.EmotionModel`` (imported here so the
+    embeddings path needs no Stage I code).
+    """
+    from tqdm import tqdm
+
+    from calibration.data import check_embeddings
+    from monitor.bundle import load_bundle
+    from monitor.model import EmotionModel
+
+    folder = Path(folder)
+    rows = _audio_rows(folder, Path(manifest) if manifest else None)
+    model = EmotionModel.from_bundle(load_bundle(bundle))
+    embs, probs = [], []
+    for s in tqdm(range(0, len(rows), batch), desc="embedding audio", unit="batch"):
+        waves = [_load_wave(r["path"]) for r in rows[s:s + batch]]
+        e, p = model.embed_waveforms(waves)
+        embs.append(np.asarray(e, dtype=np.float32))
+        probs.append(np.asarray(p, dtype=np.float64))
+    n = len(rows)
+    col = lambda key, default="": np.asarray([r.get(key) or default for r in rows], dtype=str)  # noqa: E731
+    data = {
+        "embeddings": np.concatenate(embs),
+        "labels": col("label"),
+        "speakers": col("speaker", "unknown"),
+        "split": np.full(n, "test"),
+        "sentence": col("sentence"),
+        "intensity": col("intensity"),
+    }
+    classes = getattr(model, "labels", None)  # EmotionModel.labels: the head's class order
+    if classes is not None:
+        data["probs"] = np.concatenate(probs)
+        data["classes"] = np.asarray(list(classes), dtype=str)
+    for key in ("valence", "arousal"):
+        if any(r.get(key) not in (None, "") for r in rows):
+            data[key] = np.asarray([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows])
+    return check_embeddings(data, source=str(folder))
+
+
+# --------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m calibration.evaluate",
+        description="Score a model bundle's arousal-valence reducer: writes metrics.json and "
+                    "circumplex.png. Give either --embeddings (an exported .npz) or --audio (a folder).",
+    )
+    ap.add_argument("--bundle", type=Path, required=True,
+                    help="model bundle folder holding reducer.json + reducer.npz (and, for --audio, the Stage I model)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--embeddings", type=Path,
+                     help="exported-embedding .npz (embeddings, labels, speakers, split; optional valence, arousal, "
+                          "intensity, sentence, pred or probs/probabilities + classes)")
+    src.add_argument("--audio", type=Path,
+                     help="folder of audio files; labels from RAVDESS-style file names or from --manifest")
+    ap.add_argument("--manifest", type=Path, default=None,
+                    help="with --audio: CSV with columns path,label and optionally speaker,sentence,intensity,"
+                         "valence,arousal (paths relative to --audio)")
+    ap.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
+                    help="with --embeddings: which rows to score (default: test)")
+    ap.add_argument("--method", default="fast", choices=["fast", "umap"],
+                    help="transform: fast (the streaming path, default) or umap (UMAP's own transform)")
+    ap.add_argument("--anchors", default=None,
+                    help="anchor set name or .json file for labels the reducer was not fitted on "
+                         "(default: the reducer's anchors, completed from the full table)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    ap.add_argument("--title", default=None, help="plot title (default: derived from the inputs)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from calibration.data import load_embeddings, select_split
+    from calibration.reducer import AnchoredReducer
+
+    reducer = AnchoredReducer.load(args.bundle)
+    if args.embeddings is not None:
+        data = select_split(load_embeddings(args.embeddings), args.split)
+        source = f"{args.embeddings.name} [{args.split}]"
+    else:
+        if args.manifest is None and not args.audio.is_dir():
+            raise SystemExit(f"--audio: not a folder: {args.audio}")
+        data = embed_audio_folder(args.bundle, args.audio, args.manifest)
+        source = args.audio.name
+    anchors = {**dict(get_anchor_set(args.anchors or "all").anchors), **reducer.anchors_}
+    result, points = evaluate_reducer(reducer, data, method=args.method, anchors=anchors)
+    result["source"] = source
+    title = args.title or f"{source}, {args.method} transform, align={reducer.align}"
+    js, png = write_report(result, points, data["labels"], anchors, args.out, title)
+    for line in summary_lines(result):
+        print(line)
+    print(f"wrote {js} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -142,3 +142,44 @@ class FeatureNormalizer:
         elif normalizer.mode != "none":
             raise ValueError(f"normalization mode {normalizer.mode!r} needs mean/scale arrays")
         return normalizer
+
+
+# ---- enrolment (library entry point; the CLI's --enroll uses the same) --------------------
+def split_for_enrolment(wave: np.ndarray, sample_rate: int = 16_000, segment_s: float = 4.0,
+                        min_segment_s: float = 1.0, silence_db: float = 35.0) -> list[np.ndarray]:
+    """Cut an enrolment recording into speech chunks like the ones the monitor embeds.
+
+    Frames more than ``silence_db`` below the loudest frame are dropped, the
+    remaining speech is cut into consecutive ``segment_s`` chunks (a shorter
+    last chunk is kept when it is at least ``min_segment_s``).
+    """
+    wave = np.asarray(wave, dtype=np.float32).reshape(-1)
+    hop = int(0.02 * sample_rate)
+    n = len(wave) // hop
+    if n == 0:
+        return []
+    frames = wave[: n * hop].reshape(n, hop).astype(np.float64)
+    energy = 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-12)
+    speech = frames[energy > energy.max() - silence_db].reshape(-1).astype(np.float32)
+    size = int(segment_s * sample_rate)
+    chunks = [speech[i:i + size] for i in range(0, len(speech), size)]
+    return [c for c in chunks if len(c) >= int(min_segment_s * sample_rate)]
+
+
+def enroll(model, waves: Sequence[np.ndarray], model_id: str = "", source: str = "",
+           sample_rate: int = 16_000, segment_s: float = 4.0) -> SpeakerBaseline:
+    """A speaker's baseline from enrolment audio (e.g. 30-60 s of calm reading at intake).
+
+    ``model`` is a ``monitor.model.EmotionModel`` (anything with
+    ``backbone_features(waves)``); ``waves`` are 16 kHz recordings, each cut
+    with :func:`split_for_enrolment`. The baseline is the mean of the raw
+    backbone features of the chunks: the same space ``FeatureNormalizer.apply``
+    shifts in. Store it with the patient and pass it to every later session.
+    """
+    chunks = [c for w in waves for c in split_for_enrolment(w, sample_rate, segment_s)]
+    if not chunks:
+        raise ValueError("enrolment audio holds no speech (at least 1 s is needed; 30-60 s is recommended)")
+    feats = model.backbone_features(chunks)
+    feats = feats.detach().float().cpu().numpy() if hasattr(feats, "detach") else np.asarray(feats, dtype=np.float64)
+    return SpeakerBaseline(mean=np.asarray(feats, dtype=np.float64).mean(axis=0), n_segments=len(chunks),
+                           seconds=float(sum(len(c) for c in chunks) / sample_rate), model_id=model_id, source=source)

@@ -1,0 +1,213 @@
+"""Speaker calibration: enrolment-based normalisation, stored enrolments, and the persistent-mood test.
+
+The persistent-mood test replays real clips of speakers the shipped model's
+head never trained on (RAVDESS actors 19 and 20, EMOVO m3: its validation
+speakers) through the runtime path (``EmotionModel.embed_waveforms`` in
+session order, then the bundle's reducer). Each speaker is enrolled from their
+neutral/calm clips, which are then not evaluated. One session per emotion (a
+persistent mood) must keep >= 90% of the UAR and anchor CCC that the same clips
+get in one mixed session. Self-normalisation (re-centring on the session's own
+speech) is replayed as the control and must fail.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibration.speaker import FeatureNormalizer, SpeakerBaseline, enroll, split_for_enrolment
+from training.speaker_calibration import (
+    baselines_from_clips,
+    fit_normalizer,
+    persistent_mood_scores,
+    replay_sessions,
+)
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+#: Speakers held out of the default model's head training (its early-stopping speakers).
+HELD_OUT = {"ravdess": ("19", "20"), "emovo": ("m3",)}
+
+
+def _need(folder: str) -> Path:
+    path = DATA / folder
+    if not path.is_dir():
+        pytest.skip(f"real corpus not available: ../shared/data/{folder} (needed for the persistent-mood test)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    from monitor.bundle import default_bundle_path, load_bundle
+    from monitor.model import EmotionModel
+
+    bundle = load_bundle(default_bundle_path())
+    return bundle, EmotionModel.from_bundle(bundle, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def held_out_clips(default_model):
+    """(raw backbone features, manifest) of the held-out speakers' clips.
+
+    Features come from the project's feature cache (.cache/features, filled on
+    the first run by the same EgemapsBackbone the runtime uses).
+    """
+    from training.corpora import load_emovo, load_ravdess
+    from training.features import extract, make_featurizer
+
+    bundle, _ = default_model
+    rav = load_ravdess(_need("ravdess"), check_audio=False)
+    emo = load_emovo(_need("emovo"), check_audio=False)
+    manifest = rav.where(lambda it: it.speaker.split(":")[1] in HELD_OUT["ravdess"]) + \
+        emo.where(lambda it: it.speaker.split(":")[1] in HELD_OUT["emovo"])
+    table = extract(manifest, make_featurizer(bundle.backbone["feature_set"]), progress=False,
+                    cache=Path(__file__).resolve().parents[1] / ".cache" / "features")
+    assert not table.failed
+    return table.X.astype(np.float64), table.manifest
+
+
+# ------------------------------------------------------------------------------ normaliser semantics
+
+
+def test_enrolment_training_shift_matches_the_runtime_shift():
+    rng = np.random.default_rng(0)
+    speakers = np.repeat(["a", "b", "c"], 40)
+    labels = np.tile(["neutral"] * 10 + ["happy"] * 10 + ["sad"] * 10 + ["angry"] * 10, 3)
+    offsets = {"a": 0.0, "b": 3.0, "c": -2.0}  # e.g. a speaker's pitch level
+    X = rng.normal(size=(120, 5)) + np.asarray([offsets[s] for s in speakers])[:, None]
+    X[labels == "happy"] += 1.0
+    norm, Xn = fit_normalizer(X, labels, speakers, "enrolment")
+    assert norm.mode == "enrolment"
+    # after the shift every speaker's neutral clips sit on the same reference
+    for s in "abc":
+        m = (speakers == s) & (labels == "neutral")
+        np.testing.assert_allclose(Xn[m].mean(axis=0), Xn[(labels == "neutral")].mean(axis=0), atol=1e-6)
+    # the training-side normalisation is exactly what the runtime applies with the speaker's baseline
+    bases = baselines_from_clips(X, labels, speakers)
+    for s in "abc":
+        m = speakers == s
+        np.testing.assert_allclose(norm.apply(X[m], bases[s]), Xn[m], rtol=1e-5, atol=1e-5)
+    # state round trip: the bundle records the mode and the runtime applies the same
+    params, arrays = norm.to_state()
+    again = FeatureNormalizer.from_state(params, arrays)
+    np.testing.assert_allclose(again.apply(X[:5], bases["b"]), norm.apply(X[:5], bases["b"]))
+    # without an enrolment the runtime uses population statistics only (no shift)
+    np.testing.assert_allclose(norm.apply(X[:5]), (X[:5] - norm.mean_) / norm.scale_, rtol=1e-5, atol=1e-6)
+    pop, _ = fit_normalizer(X, labels, speakers, "population")
+    assert pop.speaker_offset(bases["b"]) is None
+
+
+def test_split_for_enrolment_drops_silence_and_cuts_chunks():
+    t = np.arange(16000 * 10) / 16000
+    speech = 0.3 * np.sin(2 * np.pi * 150 * t)
+    wave = np.concatenate([np.zeros(16000 * 3), speech, np.zeros(16000 * 2)]).astype(np.float32)
+    chunks = split_for_enrolment(wave, segment_s=4.0)
+    assert [round(len(c) / 16000, 1) for c in chunks] == [4.0, 4.0, 2.0]
+    assert split_for_enrolment(np.zeros(1000, np.float32)) == []
+
+
+# ------------------------------------------------------------------------------ enrolment storage
+
+
+def test_enrolment_is_stored_with_the_patient_and_reused_across_two_sessions(tmp_path, default_model, held_out_clips):
+    from monitor.store import Store
+
+    from training.features import load_audio
+
+    bundle, model = default_model
+    _, manifest = held_out_clips
+    spk = manifest.speakers == "ravdess:20"
+    calm = np.flatnonzero(spk & np.isin(manifest.labels, ["neutral", "calm"]))
+    sad = np.flatnonzero(spk & (manifest.labels == "sad"))
+    waves = {i: load_audio(manifest[i].path) for i in np.concatenate([calm, sad])}
+    enrolment_audio = np.concatenate([waves[i] for i in calm])  # one intake recording of calm speech
+    baseline = enroll(model, [enrolment_audio], model_id=bundle.model_id, source="intake reading")
+    assert baseline.n_segments >= 2 and baseline.seconds > 5 and baseline.mean.shape == (model.backbone.feature_dim,)
+
+    db = tmp_path / "monitor.sqlite"
+    store = Store.open(db)
+    store.set_baseline("P-17", baseline.to_json(), bundle.model_id)
+    store.close()
+
+    session_outputs = []
+    for _ in range(2):  # two later sessions, each opening the store afresh
+        store = Store.open(db)
+        stored = store.get_baseline("P-17", bundle.model_id)
+        store.close()
+        assert stored is not None
+        base = SpeakerBaseline.from_json(stored)
+        np.testing.assert_allclose(base.mean, baseline.mean)
+        emb, probs = model.embed_waveforms([waves[i] for i in sad], base)
+        session_outputs.append((emb, probs))
+    np.testing.assert_allclose(session_outputs[0][0], session_outputs[1][0], rtol=1e-6)
+    # the enrolment is really applied (differs from population statistics alone) ...
+    emb_pop, _ = model.embed_waveforms([waves[i] for i in sad], None)
+    assert not np.allclose(emb_pop, session_outputs[0][0])
+    # ... is tied to the model it was made with, and is replaceable (the old one is kept as history)
+    store = Store.open(db)
+    assert store.get_baseline("P-17", "some-other-model@1") is None
+    other = enroll(model, [np.concatenate([waves[i] for i in calm[:3]])], model_id=bundle.model_id)
+    store.set_baseline("P-17", other.to_json(), bundle.model_id)
+    np.testing.assert_allclose(SpeakerBaseline.from_json(store.get_baseline("P-17", bundle.model_id)).mean, other.mean)
+    assert len(store.baseline_history("P-17")) == 2
+    store.close()
+
+
+# ------------------------------------------------------------------------------ persistent mood
+
+
+def _runtime_predict(bundle, model):
+    """The runtime path on precomputed backbone features: normaliser + head (+ enrolment) -> reducer."""
+
+    def predict(raw, baseline):
+        probs_all, points_all = [], []
+        for i in range(0, len(raw), 8):  # the worker embeds at most 8 segments together
+            emb, probs = model.embed_features(raw[i:i + 8], baseline)
+            probs_all.append(probs)
+            points_all.append(bundle.reducer.transform(emb))
+        return np.concatenate(probs_all), np.concatenate(points_all)
+
+    return predict
+
+
+@pytest.mark.slow
+def test_persistent_mood_keeps_uar_and_ccc_and_self_normalisation_fails(default_model, held_out_clips):
+    bundle, model = default_model
+    feats, manifest = held_out_clips
+    # the cached features are the runtime backbone's features
+    from training.features import load_audio
+
+    np.testing.assert_allclose(model.backbone_features([load_audio(manifest[0].path)]).numpy()[0], feats[0], rtol=1e-5)
+    assert bundle.normalizer.mode == "enrolment"
+    anchors = dict(bundle.anchors)
+    predict = _runtime_predict(bundle, model)
+    ok = persistent_mood_scores(replay_sessions(feats, manifest.labels, manifest.speakers, predict, "enrolment"),
+                                model.labels, anchors)
+    # the evaluated clips are all non-enrolment clips: 6 RAVDESS + 6 EMOVO emotions
+    assert ok["uar_mixed"] > 0.25, ok  # the model does something on these speakers at all
+    for key in ("uar", "ccc_valence", "ccc_arousal"):
+        assert ok[f"{key}_ratio"] >= 0.9, (key, ok)
+
+    bad = persistent_mood_scores(replay_sessions(feats, manifest.labels, manifest.speakers, predict, "self"),
+                                 model.labels, anchors)
+    failed = [key for key in ("uar", "ccc_valence", "ccc_arousal") if not bad[f"{key}_ratio"] >= 0.9]
+    assert failed, f"self-normalisation should fail the persistent-mood test, got {bad}"
+    assert bad["uar_single"] < bad["uar_mixed"]
+
+
+def test_replay_never_uses_enrolment_clips_for_evaluation():
+    labels = np.asarray(["neutral", "calm", "sad", "sad", "happy", "neutral", "angry"])
+    speakers = np.asarray(["a", "a", "a", "a", "a", "b", "b"])
+    X = np.arange(len(labels), dtype=np.float64)[:, None] * np.ones((1, 3))
+    seen = []
+
+    def predict(raw, baseline):
+        seen.append((raw[:, 0].tolist(), None if baseline is None else float(np.asarray(baseline)[0])))
+        return np.tile([[0.5, 0.5]], (len(raw), 1)), np.zeros((len(raw), 2))
+
+    res = replay_sessions(X, labels, speakers, predict, "enrolment")
+    assert sorted(res.labels.tolist()) == ["angry", "happy", "sad", "sad"]
+    evaluated = {v for rows, _ in seen for v in rows}
+    assert evaluated == {2.0, 3.0, 4.0, 6.0}  # never the neutral/calm clips 0, 1, 5
+    assert {b for _, b in seen} == {0.5, 5.0}  # speaker a: mean of clips 0 and 1; speaker b: clip 5

@@ -1,0 +1,277 @@
+"""Stage I training: sampling, augmentation, the egemaps path on real clips, a tiny-WavLM run
+end to end into a bundle the monitor loads, resuming from a checkpoint, device selection and
+the AMP code path (on the CPU: no GPU is available to this project)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from training.augment import Augmentation
+from training.sampling import BalancedSampler, sample_weights
+from training.train import TrainConfig, Trainer, fit_temperature, predict_head, train_head
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Small models on a shared 2-core machine: extra intra-op threads only contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _need(folder: str) -> Path:
+    path = DATA / folder
+    if not path.is_dir():
+        pytest.skip(f"real corpus not available: ../shared/data/{folder}")
+    return path
+
+
+# ----------------------------------------------------------------------------- sampling, augmentation
+
+
+def test_corpus_and_class_balanced_sampling():
+    corpora = ["a"] * 900 + ["b"] * 100
+    labels = ["x"] * 800 + ["y"] * 100 + ["x"] * 50 + ["z"] * 50
+    w = sample_weights(labels, corpora, "corpus+class")
+    draws = list(BalancedSampler(w, num_samples=20000, seed=1))
+    pairs = Counter((corpora[i], labels[i]) for i in draws)
+    for key in [("a", "x"), ("a", "y"), ("b", "x"), ("b", "z")]:
+        assert pairs[key] / 20000 == pytest.approx(0.25, abs=0.02)
+    wc = sample_weights(labels, None, "class")
+    assert wc[labels.index("z")] * 50 == pytest.approx(1 / 3)
+    # the sampler's generator state is what a checkpoint stores: same state, same draws
+    s = BalancedSampler(w, num_samples=50, seed=5)
+    state = s.state()
+    first = list(s)
+    s.set_state(state)
+    assert list(s) == first
+
+
+def test_augmentation_is_deterministic_and_changes_audio():
+    t = np.arange(16000) / 16000
+    wave = (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    aug = Augmentation.from_spec("noise+gain+speed+reverb", seed=3)
+    a, b = aug(wave, "clip-1"), aug(wave, "clip-1")
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(aug(wave, "clip-2")[:8000], a[:8000])
+    assert abs(len(a) - len(wave)) < 0.12 * len(wave) and np.max(np.abs(a)) <= 1.0
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        Augmentation.from_spec("pitchshift")
+
+
+# ----------------------------------------------------------------------------- head training
+
+
+def _blobs(n=240, d=12, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    centers = rng.normal(0, 2.0, (c, d))
+    return (centers[y] + rng.normal(0, 1.0, (n, d))).astype(np.float32), y
+
+
+def test_head_learns_separable_classes_and_calibrates():
+    X, y = _blobs()
+    labels = ["angry", "happy", "sad"]
+    cfg = TrainConfig(epochs=30, head_lr=3e-3, batch_size=32, seed=0, device="cpu", patience=30)
+    head, result = train_head(X[:180], y[:180], labels, cfg, X[180:], y[180:])
+    emb, probs = predict_head(head, X[180:])
+    assert emb.shape == (60, 100) and probs.shape == (60, 3)
+    assert (probs.argmax(1) == y[180:]).mean() > 0.9
+    assert result.best_score > 0.9 and 1 <= result.best_epoch <= 30
+    assert 0.05 < result.temperature < 20 and float(head.temperature) == pytest.approx(result.temperature)
+
+
+def test_temperature_scaling_softens_overconfident_logits():
+    torch.manual_seed(0)
+    targets = torch.randint(0, 3, (300,))
+    logits = torch.randn(300, 3)
+    logits[torch.arange(300), targets] += 1.0
+    t = fit_temperature(logits * 8.0, targets)  # right 60% of the time, yet sure
+    assert t > 3.0
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, monkeypatch):
+    X, y = _blobs(seed=1)
+    labels = ["angry", "happy", "sad"]
+    cfg = TrainConfig(epochs=6, head_lr=1e-3, batch_size=16, seed=7, device="cpu", patience=100, dropout=0.2,
+                      feature_noise=0.1, calibrate_temperature=False)
+    full, _ = train_head(X[:200], y[:200], labels, cfg, X[200:], y[200:], out_dir=tmp_path / "full")
+
+    saves = {"n": 0}
+    original = Trainer.save_checkpoint
+
+    def crash_after_three(self):
+        original(self)
+        saves["n"] += 1
+        if saves["n"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", crash_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        train_head(X[:200], y[:200], labels, cfg, X[200:], y[200:], out_dir=tmp_path / "resumed")
+    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+    state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 3
+    resumed, result = train_head(X[:200], y[:200], labels, cfg, X[200:], y[200:], out_dir=tmp_path / "resumed",
+                                 resume=True)
+    assert result.resumed_from == 3 and len(result.history) == 6
+    for k, v in full.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v)
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert {"train_loss", "val_loss", "val_uar", "lr_head"} <= set(log[0])
+
+
+def test_device_selection_and_amp_code_path_on_cpu():
+    from monitor.model import autocast_dtype, choose_device
+
+    if not torch.cuda.is_available():
+        assert choose_device("auto").type == "cpu"
+        with pytest.raises(RuntimeError, match="no CUDA"):
+            choose_device("cuda")
+        assert autocast_dtype(torch.device("cpu"), "auto") is None  # AMP is for CUDA; fp32 on the CPU
+    X, y = _blobs(n=120, seed=2)
+    for precision in ("bf16", "fp16"):  # the autocast (+ GradScaler for fp16) path, exercised on the CPU
+        cfg = TrainConfig(epochs=2, head_lr=1e-3, batch_size=32, device="cpu", precision=precision)
+        head, result = train_head(X[:90], y[:90], ["a", "b", "c"], cfg, X[90:], y[90:])
+        assert len(result.history) == 2 and np.isfinite(result.history[-1]["train_loss"])
+
+
+# ----------------------------------------------------------------------------- egemaps on real clips
+
+
+def _real_subset(n_per_speaker=16):
+    from training.corpora import load_emovo
+
+    m = load_emovo(_need("emovo"))
+    keep = []
+    for spk in ("emovo:f1", "emovo:m1", "emovo:f2"):
+        idx = [i for i, it in enumerate(m) if it.speaker == spk and it.label in ("angry", "sad", "neutral", "happy")]
+        keep += idx[:: max(1, len(idx) // n_per_speaker)][:n_per_speaker]
+    return m[np.asarray(keep)]
+
+
+@pytest.mark.slow
+def test_egemaps_build_command_on_real_clips_gives_a_bundle_the_monitor_loads(tmp_path):
+    from monitor.bundle import load_bundle
+    from monitor.model import EmotionModel
+    from training.__main__ import main
+    from training.export import load_embeddings
+    from training.features import load_audio
+
+    subset = _real_subset()
+    rows = [{"path": it.path, "label": it.label, "speaker": it.speaker.split(":")[1],
+             "split": "val" if it.speaker == "emovo:f2" else "train"} for it in subset]
+    with open(tmp_path / "clips.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "bundle"
+    rc = main(["build", "--corpora", f"csv={tmp_path / 'clips.csv'}", "--backbone", "egemaps",
+               "--normalization", "population", "--epochs", "5", "--out", str(out), "--cache", str(tmp_path / "cache"),
+               "--device", "cpu"])
+    assert rc == 0
+    for name in ("bundle.json", "head.safetensors", "normalization.npz", "reducer.json", "reducer.npz",
+                 "embeddings.npz", "manifest.csv", "metrics.jsonl", "checkpoint.pt"):
+        assert (out / name).is_file(), name
+    meta = json.loads((out / "bundle.json").read_text())
+    assert meta["backbone"]["kind"] == "egemaps" and meta["normalization"]["mode"] == "population"
+    assert meta["provenance"]["corpora"]["clips"]["clips"] == len(rows)
+    assert rows[0]["path"] not in (out / "bundle.json").read_text()  # no clip paths in the bundle
+    bundle = load_bundle(out)
+    model = EmotionModel.from_bundle(bundle, device="cpu")
+    exported = load_embeddings(out / "embeddings.npz")
+    assert exported["embeddings"].shape == (len(rows), 100)
+    assert set(exported["split"]) == {"train", "val"}
+    # the runtime path on the same waveform gives the exported training embedding
+    emb, probs = model.embed_waveforms([load_audio(rows[0]["path"])])
+    np.testing.assert_allclose(emb[0], exported["embeddings"][0], rtol=1e-4, atol=1e-4)
+    points = bundle.reducer.transform(emb)
+    assert points.shape == (1, 2) and np.all(np.abs(points) <= 1.0)
+    assert probs.shape == (1, len(meta["labels"])) and probs.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- tiny WavLM end to end
+
+
+def _tiny_wavlm(folder: Path) -> Path:
+    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMModel
+
+    config = WavLMConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         conv_dim=(16, 16, 16), conv_stride=(5, 4, 4), conv_kernel=(10, 4, 4),
+                         num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, feat_extract_norm="layer",
+                         num_buckets=16, max_bucket_distance=50, do_stable_layer_norm=True,
+                         mask_time_prob=0.0, mask_feature_prob=0.0)
+    torch.manual_seed(0)
+    WavLMModel(config).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, do_normalize=True,
+                             return_attention_mask=True).save_pretrained(folder)
+    return folder
+
+
+def _synthetic_corpus(folder: Path, n_per_class: int = 10) -> Path:
+    rng = np.random.default_rng(0)
+    rows = []
+    for c, (label, freq) in enumerate((("angry", 300.0), ("sad", 120.0), ("happy", 220.0))):
+        for k in range(n_per_class):
+            n = int(rng.uniform(0.3, 0.7) * 16000)
+            t = np.arange(n) / 16000
+            wave = 0.3 * np.sin(2 * np.pi * freq * (1 + 0.05 * k) * t) + 0.01 * rng.standard_normal(n)
+            path = folder / f"{label}_{k}.wav"
+            sf.write(str(path), wave.astype(np.float32), 16000)
+            rows.append(f"{path.name},{label},s{k % 4},{'val' if k % 4 == 3 else 'train'}")
+    (folder / "tones.csv").write_text("path,label,speaker,split\n" + "\n".join(rows) + "\n")
+    return folder / "tones.csv"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("finetune,precision", [("transformer", "bf16"), ("frozen", "fp32")])
+def test_tiny_wavlm_end_to_end_into_a_bundle_the_monitor_loads(tmp_path, finetune, precision):
+    from monitor.bundle import load_bundle
+    from monitor.model import EmotionModel
+    from training.__main__ import main
+    from training.features import load_audio
+
+    source = _tiny_wavlm(tmp_path / "tiny-wavlm")
+    corpus = _synthetic_corpus(tmp_path)
+    out = tmp_path / "wavlm-bundle"
+    rc = main(["build", "--backbone", "wavlm", "--source", str(source), "--finetune", finetune,
+               "--corpora", f"csv={corpus}", "--epochs", "2", "--max-steps", "4", "--batch-size", "4",
+               "--device", "cpu", "--precision", precision, "--out", str(out), "--augment", "noise"])
+    assert rc == 0
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 4 and all(np.isfinite(r["train_loss"]) for r in log)
+    meta = json.loads((out / "bundle.json").read_text())
+    assert meta["backbone"]["kind"] == "wavlm" and meta["backbone"]["source"] == "bundle:backbone"
+    assert (out / "backbone" / "config.json").is_file()
+    model = EmotionModel.from_bundle(load_bundle(out), device="cpu")
+    # the trained layer weights and the fine-tuned encoder came back
+    state = torch.load(out / "checkpoint.pt", weights_only=True)["best_model"]
+    torch.testing.assert_close(model.backbone.layer_logits.detach(), state["backbone.layer_logits"])
+    enc_key = next(k for k in state if k.startswith("backbone.encoder.encoder.layers.0.attention") and k.endswith("weight"))
+    torch.testing.assert_close(model.backbone.state_dict()[enc_key[len("backbone."):]], state[enc_key])
+    from safetensors.torch import load_file
+
+    original = load_file(str(source / "model.safetensors"))
+    orig_key = next(k for k in original if k.endswith(enc_key.split("backbone.encoder.", 1)[1]))
+    changed = not torch.equal(original[orig_key], state[enc_key])
+    assert changed == (finetune == "transformer")  # frozen keeps the encoder, fine-tuning moves it
+    cnn_key = next(k for k in state if "feature_extractor.conv_layers.0.conv.weight" in k)
+    orig_cnn = next(k for k in original if k.endswith("feature_extractor.conv_layers.0.conv.weight"))
+    torch.testing.assert_close(state[cnn_key], original[orig_cnn])  # the CNN encoder is always frozen
+    waves = [load_audio(p) for p in sorted(tmp_path.glob("*_0.wav"))]
+    emb, probs = model.embed_waveforms(waves)
+    assert emb.shape == (3, 100) and np.all(np.isfinite(emb)) and probs.shape == (3, 3)
+    points = load_bundle(out).reducer.transform(emb)
+    assert points.shape == (3, 2)

@@ -1,0 +1,118 @@
+"""Export: 100-d embeddings to .npz for the reducer, reducer fitting, and the model bundle.
+
+``export_embeddings`` writes ``embeddings.npz`` (embeddings, probabilities,
+labels, speakers, corpus, split, keys; all plain arrays, ``allow_pickle=False``
+readable). ``fit_reducer`` fits ``calibration.reducer.AnchoredReducer`` on
+them. ``make_bundle`` assembles a ``monitor.bundle.ModelBundle`` (head +
+fitted reducer + normalisation + metrics + provenance).
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+#: Licence of each corpus this project knows (for provenance and the model card).
+CORPUS_LICENCES = {
+    "ravdess": "CC BY-NC-SA 4.0 (Livingstone & Russo 2018)",
+    "emovo": "research use only, non-commercial (Costantini et al. 2014)",
+    "jl": "CC0 (James, Tian & Watson 2018)",
+    "emodb": "free for research (Burkhardt et al. 2005)",
+    "cremad": "Open Database License (ODbL) (Cao et al. 2014)",
+    "iemocap": "USC licence: research use only, no redistribution (Busso et al. 2008)",
+    "mead": "research use only (Wang et al. 2020)",
+}
+#: Reducer settings for bundles: the reducer's own defaults, seeded (docs/reducer_ravdess.md: aligning did not raise held-out CCC).
+REDUCER_DEFAULTS: dict[str, Any] = {"align": None, "random_state": 0}
+
+
+def export_embeddings(path: str | Path, embeddings: np.ndarray, manifest, probabilities: np.ndarray | None = None,
+                      class_labels: Sequence[str] | None = None) -> Path:
+    """Write embeddings with their labels, speakers, corpus and split (no file paths, no pickle)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "embeddings": np.asarray(embeddings, dtype=np.float32),
+        "labels": manifest.labels.astype(str),
+        "speakers": manifest.speakers.astype(str),
+        "corpus": manifest.corpora.astype(str),
+        "split": manifest.splits.astype(str),
+        "keys": manifest.keys.astype(str),
+        "intensity": manifest.column("intensity").astype(str),
+        "valence": manifest.column("valence"),
+        "arousal": manifest.column("arousal"),
+        "dominance": manifest.column("dominance"),
+    }
+    if probabilities is not None:
+        arrays["probabilities"] = np.asarray(probabilities, dtype=np.float32)
+        arrays["classes"] = np.asarray(list(class_labels or []), dtype=str)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def load_embeddings(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def fit_reducer(embeddings: np.ndarray, labels: Sequence[str], anchors: Any = "all", **params):
+    """Fit the Stage II ``AnchoredReducer`` on embeddings with canonical labels."""
+    from calibration.reducer import AnchoredReducer
+
+    settings = {**REDUCER_DEFAULTS, **params}
+    return AnchoredReducer(anchors=anchors, **settings).fit(np.asarray(embeddings, dtype=np.float32), np.asarray(labels))
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def provenance(manifest, config: dict, command: Sequence[str] | None = None, extra: dict | None = None) -> dict:
+    """What the model was trained on and how (no machine paths)."""
+    import torch
+
+    corpora = sorted(set(manifest.corpora.tolist()))
+    return {
+        "trained": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "corpora": {c: {"clips": int((manifest.corpora == c).sum()),
+                        "speakers": int(len(set(manifest.speakers[manifest.corpora == c].tolist()))),
+                        "licence": CORPUS_LICENCES.get(c, "see the corpus")} for c in corpora},
+        "labels": {k: int(v) for k, v in zip(*np.unique(manifest.labels, return_counts=True))},
+        "licence_note": "non-commercial: trained on data licensed for non-commercial / research use only"
+        if any(c in corpora for c in ("ravdess", "emovo", "iemocap", "mead")) else "see the corpus licences",
+        "config": config,
+        "command": " ".join(command) if command else "",
+        "code_commit": git_commit(),
+        "software": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+        **(extra or {}),
+    }
+
+
+def make_bundle(*, backbone_spec: dict, labels: Sequence[str], head, normalizer, reducer=None, anchor_set: str = "all",
+                name: str = "model", version: str = "1", provenance: dict | None = None, metrics: dict | None = None,
+                layer_logits=None, encoder=None):
+    """A ``monitor.bundle.ModelBundle`` from trained parts."""
+    from calibration.anchors import get_anchor_set
+    from monitor.bundle import ModelBundle
+
+    head_state = {f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    if layer_logits is not None:
+        head_state["backbone.layer_logits"] = layer_logits.detach().cpu().float().contiguous()
+    dropout = head.dropout.p if hasattr(head.dropout, "p") else 0.0
+    head_config = {"input_dim": int(head.input_dim), "n_classes": int(head.n_classes),
+                   "embedding_dim": int(head.embedding_dim), "dropout": float(dropout)}
+    table = get_anchor_set(anchor_set)
+    anchors = {c: tuple(table.anchor(c)) if c in table.anchors else tuple(get_anchor_set("all").anchor(c)) for c in labels}
+    return ModelBundle(backbone=dict(backbone_spec), labels=list(labels), anchors=anchors, head_config=head_config,
+                       head_state=head_state, normalizer=normalizer, reducer=reducer, anchor_set=anchor_set, name=name,
+                       version=version, provenance=provenance or {}, metrics=metrics or {}, encoder=encoder)

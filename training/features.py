@@ -1,0 +1,217 @@
+"""Audio loading and pooled-feature extraction with an on-disk cache.
+
+``load_audio`` reads anything soundfile reads (any rate, any channel count),
+mixes to mono and resamples to 16 kHz. ``extract`` computes one feature vector
+per manifest item with a featurizer (openSMILE functionals or any
+``monitor.backbones.Backbone``) and caches the results in ``.npz`` files
+(``allow_pickle=False``) keyed by clip, file size and augmentation, so a second
+run is free. Files that fail to load are reported and returned in ``failed``;
+the caller drops them (never silently: the trainer logs them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from training.augment import Augmentation
+from training.corpora import Manifest
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+DEFAULT_CACHE = Path(".cache") / "features"
+FEATURE_SETS = ("eGeMAPSv02", "ComParE_2016")
+
+
+def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Mono float32 at ``target_sr`` from any file soundfile reads."""
+    import soundfile as sf
+
+    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    if data.shape[0] == 0:
+        raise ValueError("empty audio")
+    wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if sr != target_sr:
+        import soxr
+
+        wave = soxr.resample(wave, sr, target_sr)
+    if not np.all(np.isfinite(wave)):
+        raise ValueError("non-finite samples")
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def trim_silence(wave: np.ndarray, top_db: float = 35.0, frame: int = 400, hop: int = 160, pad_s: float = 0.1) -> np.ndarray:
+    """Cut leading/trailing frames more than ``top_db`` below the loudest frame (keeps ``pad_s`` either side),
+    roughly what a voice-activity segmenter hands the model at run time."""
+    if len(wave) < frame:
+        return wave
+    n = 1 + (len(wave) - frame) // hop
+    idx = np.arange(frame)[None, :] + hop * np.arange(n)[:, None]
+    energy = 10 * np.log10(np.mean(wave[idx].astype(np.float64) ** 2, axis=1) + 1e-12)
+    active = np.flatnonzero(energy > energy.max() - top_db)
+    if active.size == 0:
+        return wave
+    pad = int(pad_s * SAMPLE_RATE)
+    start = max(0, active[0] * hop - pad)
+    end = min(len(wave), active[-1] * hop + frame + pad)
+    return wave[start:end]
+
+
+class OpenSmileFeaturizer:
+    """openSMILE functionals (eGeMAPSv02, ComParE_2016, ...) of 16 kHz waveforms."""
+
+    def __init__(self, feature_set: str = "eGeMAPSv02"):
+        import opensmile
+
+        self.feature_set = feature_set
+        self._smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, feature_set),
+                                      feature_level=opensmile.FeatureLevel.Functionals)
+        self.feature_names = list(self._smile.feature_names)
+        self.feature_dim = len(self.feature_names)
+
+    @property
+    def name(self) -> str:
+        return self.feature_set
+
+    def __call__(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        out = np.zeros((len(waves), self.feature_dim), dtype=np.float32)
+        for i, wave in enumerate(waves):
+            values = self._smile.process_signal(np.asarray(wave, dtype=np.float32), SAMPLE_RATE).to_numpy(dtype=np.float64)[0]
+            # as monitor.backbones.EgemapsBackbone: openSMILE gives NaN for some functionals of unvoiced input
+            out[i] = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+        return out
+
+
+class BackboneFeaturizer:
+    """Wraps a ``monitor.backbones.Backbone`` (its ``features`` method) as a featurizer."""
+
+    def __init__(self, backbone, name: str | None = None, batch_size: int = 8):
+        self.backbone = backbone
+        self.feature_dim = int(backbone.feature_dim)
+        self.batch_size = batch_size
+        spec = backbone.spec() if hasattr(backbone, "spec") else {}
+        self._name = name or "_".join(str(spec.get(k, "")) for k in ("kind", "feature_set", "source") if spec.get(k))
+
+    @property
+    def name(self) -> str:
+        return self._name.replace("/", "-")
+
+    def __call__(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        import torch
+
+        out = []
+        for i in range(0, len(waves), self.batch_size):
+            with torch.no_grad():
+                feats = self.backbone.features(list(waves[i:i + self.batch_size]))
+            out.append(feats.detach().float().cpu().numpy() if hasattr(feats, "detach") else np.asarray(feats))
+        return np.concatenate(out, axis=0).astype(np.float32) if out else np.zeros((0, self.feature_dim), np.float32)
+
+
+def make_featurizer(feature_set: str = "eGeMAPSv02"):
+    """The featurizer the runtime uses for ``feature_set``: the project's EgemapsBackbone when it exists
+    (so training and runtime features are computed by the same code), else openSMILE directly."""
+    try:
+        from monitor.backbones import EgemapsBackbone  # type: ignore
+
+        return BackboneFeaturizer(EgemapsBackbone(feature_set=feature_set), name=feature_set)
+    except ImportError:
+        return OpenSmileFeaturizer(feature_set)
+
+
+@dataclass
+class FeatureTable:
+    """Features aligned with a manifest (failed items removed)."""
+
+    X: np.ndarray
+    manifest: Manifest
+    failed: list[tuple[str, str]]
+    name: str
+
+
+def _entry_id(item, extra: str) -> str:
+    try:
+        size = os.path.getsize(item.path)
+    except OSError:
+        size = -1
+    return hashlib.sha1(f"{item.key}|{size}|{extra}".encode()).hexdigest()[:20]
+
+
+class FeatureCache:
+    """``.npz`` per (featurizer, variant) holding ``ids`` (str) and ``X`` (float32); no pickle."""
+
+    def __init__(self, root: str | Path = DEFAULT_CACHE):
+        self.root = Path(root)
+
+    def _file(self, name: str, variant: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_.+@" else "_" for c in f"{name}__{variant}")
+        return self.root / f"{safe}.npz"
+
+    def load(self, name: str, variant: str) -> dict[str, np.ndarray]:
+        path = self._file(name, variant)
+        if not path.is_file():
+            return {}
+        with np.load(path, allow_pickle=False) as data:
+            return dict(zip(data["ids"].tolist(), data["X"]))
+
+    def save(self, name: str, variant: str, table: dict[str, np.ndarray]) -> None:
+        path = self._file(name, variant)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ids = np.asarray(list(table), dtype=str)
+        X = np.stack([table[i] for i in table]).astype(np.float32) if table else np.zeros((0, 0), np.float32)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, ids=ids, X=X)
+        os.replace(tmp, path)
+
+
+def extract(manifest: Manifest, featurizer: Callable | None = None, *, feature_set: str = "eGeMAPSv02",
+            augmentation: Augmentation | None = None, trim: bool = False, cache: FeatureCache | str | Path | None = DEFAULT_CACHE,
+            progress: bool = True, save_every: int = 200) -> FeatureTable:
+    """Features for every item of ``manifest`` (cached). Items whose audio fails to load are reported in ``failed``."""
+    from tqdm.auto import tqdm
+
+    featurizer = featurizer or make_featurizer(feature_set)
+    name = getattr(featurizer, "name", feature_set)
+    variant = (augmentation.name if augmentation else "clean") + ("+trim" if trim else "")
+    store = FeatureCache(cache) if isinstance(cache, (str, Path)) else cache
+    table = store.load(name, variant) if store else {}
+    ids = [_entry_id(item, variant) for item in manifest]
+    todo = [i for i, eid in enumerate(ids) if eid not in table]
+    failed: list[tuple[str, str]] = []
+    bad: set[int] = set()
+    if todo:
+        bar = tqdm(todo, desc=f"features {name} [{variant}]", disable=not progress, unit="clip")
+        for n, i in enumerate(bar, 1):
+            item = manifest[i]
+            try:
+                wave = load_audio(item.path)
+                if trim:
+                    wave = trim_silence(wave)
+                if augmentation is not None:
+                    wave = augmentation(wave, item.key)
+                if len(wave) < SAMPLE_RATE // 10:
+                    raise ValueError("shorter than 0.1 s")
+                vec = featurizer([wave])[0]
+                if not np.all(np.isfinite(vec)):
+                    raise ValueError("non-finite features")
+                table[ids[i]] = vec.astype(np.float32)
+            except Exception as exc:  # reported, never silent
+                failed.append((item.path, f"{type(exc).__name__}: {str(exc)[:160]}"))
+                bad.add(i)
+            if store and n % save_every == 0:
+                store.save(name, variant, table)
+        if store:
+            store.save(name, variant, table)
+    for path, reason in failed:
+        log.warning("skipped %s: %s", path, reason)
+    keep = [i for i in range(len(manifest)) if i not in bad]
+    dim = getattr(featurizer, "feature_dim", None) or (len(next(iter(table.values()))) if table else 0)
+    X = np.stack([table[ids[i]] for i in keep]).astype(np.float32) if keep else np.zeros((0, dim), np.float32)
+    kept = Manifest([manifest[i] for i in keep], list(manifest.skipped) + [(p, "load failed: " + r) for p, r in failed])
+    return FeatureTable(X=X, manifest=kept, failed=failed, name=name)

@@ -167,16 +167,18 @@ def split_for_enrolment(wave: np.ndarray, sample_rate: int = 16_000, segment_s: 
 
 
 def enroll(model, waves: Sequence[np.ndarray], model_id: str = "", source: str = "",
-           sample_rate: int = 16_000, segment_s: float = 4.0) -> SpeakerBaseline:
+           sample_rate: int = 16_000, segment_s: float = 4.0, split: bool = True) -> SpeakerBaseline:
     """A speaker's baseline from enrolment audio (e.g. 30-60 s of calm reading at intake).
 
     ``model`` is a ``monitor.model.EmotionModel`` (anything with
     ``backbone_features(waves)``); ``waves`` are 16 kHz recordings, each cut
-    with :func:`split_for_enrolment`. The baseline is the mean of the raw
-    backbone features of the chunks: the same space ``FeatureNormalizer.apply``
-    shifts in. Store it with the patient and pass it to every later session.
+    with :func:`split_for_enrolment`, or, with ``split=False``, speech segments
+    already cut the way the monitor cuts them (``monitor.enrolment`` does
+    this with the live VAD). The baseline is the mean of the raw backbone
+    features of the chunks: the same space ``FeatureNormalizer.apply`` shifts
+    in. Store it with the patient and pass it to every later session.
     """
-    chunks = [c for w in waves for c in split_for_enrolment(w, sample_rate, segment_s)]
+    chunks = [c for w in waves for c in (split_for_enrolment(w, sample_rate, segment_s) if split else [np.asarray(w)])]
     if not chunks:
         raise ValueError("enrolment audio holds no speech (at least 1 s is needed; 30-60 s is recommended)")
     feats = model.backbone_features(chunks)

@@ -140,6 +140,9 @@ class WavLMBackbone(Backbone):
         self.feature_dim = int(config.hidden_size)
         self.num_layers = int(config.num_hidden_layers) + 1  # + the CNN/projection output
         self.layer_logits = nn.Parameter(torch.zeros(self.num_layers))
+        # LayerDrop would skip layers while fine-tuning; the layer weights need every layer's output.
+        if hasattr(config, "layerdrop"):
+            config.layerdrop = 0.0
         # Group-normalised feature encoders (the Base models) see padding as signal, so
         # only layer-normalised ones get padded batches; others run one length at a time.
         self.pads_safely = getattr(config, "feat_extract_norm", "layer") == "layer"

@@ -176,8 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         vad, worker_cfg, heatmap_cfg = _configs(args)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.enroll and not args.patient:
+        parser.error("--enroll needs --patient ID: the baseline is kept with that patient")
+    if args.enroll and args.no_store:
+        parser.error("--enroll keeps the baseline in the store; it cannot be used with --no-store")
 
     from monitor.backbones import BackboneLoadError
+    from monitor.enrolment import EnrolmentError, enroll_patient, stored_baseline
     from monitor.events import SessionInfo
     from monitor.model import EmotionModel, choose_device
     from monitor.outputs import JsonlSink
@@ -188,30 +193,49 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    store = None
+    baseline = None
     try:
-        source = _open_source(args, vad.frame_ms)
         bundle = load_bundle(args.model)
         device = choose_device(worker_cfg.device)
         model = EmotionModel.from_bundle(bundle, device=str(device), precision=worker_cfg.precision)
         projector = Projector(bundle.reducer, bundle.labels)
-    except (AudioInputError, BundleError, BackboneLoadError, RuntimeError, ValueError) as exc:
+        if not args.no_store:
+            from monitor.store import Store, default_db_path
+
+            store = Store.open(args.db or default_db_path(args.data_dir))
+        if args.enroll:
+            baseline = enroll_patient(store, args.patient, model, bundle, args.enroll, vad)
+            print(f"patient {args.patient} enrolled from {baseline.seconds:.0f} s of speech; later sessions "
+                  f"with --patient {args.patient} use this baseline", file=sys.stderr)
+            if not args.input:
+                return EXIT_OK
+        elif args.patient and store is not None and model.normalizer.mode == "enrolment":
+            baseline = stored_baseline(store, args.patient, bundle)
+        source = _open_source(args, vad.frame_ms)
+    except (AudioInputError, BundleError, BackboneLoadError, EnrolmentError, RuntimeError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_SETUP
 
     config = MonitorConfig(vad=vad, worker=worker_cfg, heatmap=heatmap_cfg)
+    settings = config.to_dict()
+    settings["normalization"] = model.normalizer.mode
+    settings["speaker_baseline"] = None if baseline is None else {
+        "source": baseline.source, "created": baseline.created, "seconds": baseline.seconds}
     session = SessionInfo(
         session_id=new_session_id(), started_at=time.time(), model_id=bundle.model_id, model_version=bundle.version,
         device=str(device), labels=tuple(bundle.labels), source=source.description,
-        settings=config.to_dict(), patient_id=args.patient,
+        settings=settings, patient_id=args.patient,
     )
+    if model.normalizer.mode == "enrolment":
+        log.info("speaker calibration: %s", "the patient's enrolment baseline" if baseline is not None
+                 else "population statistics (no enrolment for this patient and model)")
     sinks = []
     if args.jsonl:
         sinks.append(JsonlSink(args.jsonl))
-    store = None
-    if not args.no_store:
-        from monitor.store import Store, StoreSink, default_db_path
+    if store is not None:
+        from monitor.store import StoreSink
 
-        store = Store.open(args.db or default_db_path(args.data_dir))
         sinks.append(StoreSink(store, patient_id=args.patient, keep_audio=args.keep_audio))
     server = None
     if not args.no_dashboard:
@@ -221,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                                               certfile=args.certfile, keyfile=args.keyfile, linger_s=args.linger),
                                  store=store)
         sinks.append(server)
-    pipeline = MonitorPipeline(source, model, projector, sinks=sinks, config=config, session=session)
+    pipeline = MonitorPipeline(source, model, projector, sinks=sinks, config=config, session=session, baseline=baseline)
     if server is not None:
         server.controls = pipeline  # pause/resume/mark from the dashboard
     log.info("session %s: %s on %s, model %s", session.session_id, source.description, device, bundle.model_id)

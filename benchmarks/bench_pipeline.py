@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import queue
 import tempfile
 import threading
 import time

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
-from monitor.store import Store, StoreError, default_db_path
+from monitor.store import Store, StoreError, open_existing
 
 DESCRIPTION = """\
 Manage what the monitor stored: which patients and sessions exist, a
@@ -256,12 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    path = Path(args.db) if args.db else default_db_path(args.data_dir)
-    if not path.exists():
-        print(f"error: no store at {path} (give --db or --data-dir)", file=sys.stderr)
-        return 2
     try:
-        store = Store.open(path)
+        store = open_existing(args.db, args.data_dir)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

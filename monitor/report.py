@@ -336,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    from monitor.store import Store, StoreError, default_db_path
+    from monitor.store import StoreError, open_existing
 
     for out in args.out:
         if Path(out).suffix.lower() not in (".png", ".pdf", ".svg", ".json"):
@@ -352,12 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if config.bins < 2:
         parser.error("--bins must be at least 2")
-    path = Path(args.db) if args.db else default_db_path(args.data_dir)
-    if not path.exists():
-        print(f"error: no store at {path} (give --db or --data-dir)", file=sys.stderr)
-        return 2
     try:
-        store = Store.open(path)
+        store = open_existing(args.db, args.data_dir)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -365,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         known = [p.patient_id for p in store.patients() if p.patient_id is not None]
         if args.patient not in known:
             hint = ", ".join(known[:20]) or "none yet"
-            print(f"error: no patient {args.patient!r} in {path} (patients: {hint})", file=sys.stderr)
+            print(f"error: no patient {args.patient!r} in {store.path} (patients: {hint})", file=sys.stderr)
             return 2
         by = args.by if args.by != "auto" else ("day" if (end - start).days < 35 else "week")
         history = build_history(store, args.patient, start, end, tz=zone, config=config, weeks=True,

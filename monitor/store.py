@@ -207,6 +207,14 @@ def default_db_path(data_dir: str | Path | None = None) -> Path:
     return (Path(data_dir).expanduser() if data_dir else default_data_dir()) / DB_FILENAME
 
 
+def open_existing(db: str | Path | None, data_dir: str | Path | None = None) -> "Store":
+    """Open a store that must already exist (the reading CLIs), raising ``StoreError`` that names the path."""
+    path = Path(db) if db else default_db_path(data_dir)
+    if not path.exists():
+        raise StoreError(f"no store at {path} (give --db or --data-dir)")
+    return Store.open(path)
+
+
 def _writer_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 

@@ -98,6 +98,30 @@ def test_enrolment_training_shift_matches_the_runtime_shift():
     assert pop.speaker_offset(bases["b"]) is None
 
 
+def test_training_speakers_without_neutral_clips_get_an_estimated_baseline_only_when_asked():
+    from training.speaker_calibration import estimated_baselines
+
+    rng = np.random.default_rng(1)
+    emotion_shift = {"neutral": 0.0, "happy": 1.0, "sad": -0.5, "angry": 2.0, "excited": 1.5}
+    rows = [(spk, emo) for spk in ("a", "b") for emo in ("neutral", "happy", "sad", "angry") for _ in range(10)]
+    rows += [("jl", emo) for emo in ("happy", "sad", "angry", "excited") for _ in range(10)]  # no neutral clips
+    speakers = np.asarray([r[0] for r in rows])
+    labels = np.asarray([r[1] for r in rows])
+    offsets = {"a": 0.0, "b": 1.0, "jl": 4.0}
+    X = (np.asarray([[offsets[s] + emotion_shift[e]] * 3 for s, e in rows]) + 0.01 * rng.normal(size=(len(rows), 3)))
+    known = baselines_from_clips(X, labels, speakers)
+    est = estimated_baselines(X, labels, speakers, known)
+    assert set(est) == {"jl"}  # only the speaker without neutral/calm clips
+    np.testing.assert_allclose(est["jl"].mean, [4.0] * 3, atol=0.02)  # its neutral level, not its emotional mean
+    # off by default: without estimate_missing that speaker is left unshifted (population statistics only)
+    _, plain = fit_normalizer(X, labels, speakers, "enrolment")
+    _, shifted = fit_normalizer(X, labels, speakers, "enrolment", estimate_missing=True)
+    jl = speakers == "jl"
+    ref = shifted[(labels == "happy") & (speakers == "a")].mean(axis=0)
+    np.testing.assert_allclose(shifted[(labels == "happy") & jl].mean(axis=0), ref, atol=0.1)
+    assert np.abs(plain[(labels == "happy") & jl].mean(axis=0) - ref).min() > 0.5
+
+
 def test_split_for_enrolment_drops_silence_and_cuts_chunks():
     t = np.arange(16000 * 10) / 16000
     speech = 0.3 * np.sin(2 * np.pi * 150 * t)

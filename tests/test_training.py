@@ -92,6 +92,53 @@ def test_head_learns_separable_classes_and_calibrates():
     assert 0.05 < result.temperature < 20 and float(head.temperature) == pytest.approx(result.temperature)
 
 
+def test_head_with_an_mlp_encoder_and_mixup_learns_and_round_trips_through_a_bundle(tmp_path):
+    from calibration.speaker import FeatureNormalizer
+    from monitor.bundle import load_bundle
+    from monitor.model import EmotionHead
+    from training.export import make_bundle
+
+    X, y = _blobs()
+    labels = ["angry", "happy", "sad"]
+    cfg = TrainConfig(epochs=30, head_lr=3e-3, batch_size=32, seed=0, device="cpu", patience=30, dropout=0.2,
+                      hidden_dims=(32,), mixup=0.2)
+    head, result = train_head(X[:180], y[:180], labels, cfg, X[180:], y[180:])
+    assert head.hidden_dims == (32,) and head.encoder[0].in_features == 12 and head.bottleneck.in_features == 32
+    emb, probs = predict_head(head, X[180:])
+    assert emb.shape == (60, 100) and (probs.argmax(1) == y[180:]).mean() > 0.9
+    # the bundle carries the encoder's shape, and the runtime rebuilds exactly this head
+    norm = FeatureNormalizer("none")
+    bundle = make_bundle(backbone_spec={"kind": "egemaps", "feature_set": "eGeMAPSv02", "feature_dim": 12},
+                         labels=labels, head=head, normalizer=norm, name="mlp")
+    assert bundle.head_config["hidden_dims"] == [32] and bundle.head_config["activation"] == "gelu"
+    bundle.save(tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "bundle.json").read_text())["head"]["hidden_dims"] == [32]
+    again = EmotionHead(**load_bundle(tmp_path / "b").head_config)
+    again.load_state_dict({k[len("head."):]: v for k, v in bundle.head_state.items()}, strict=True)
+    again.eval()
+    with torch.no_grad():
+        e2, logits = again(torch.as_tensor(X[180:]))
+    np.testing.assert_allclose(e2.numpy(), emb, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(again.probabilities(logits).numpy(), probs, rtol=1e-5, atol=1e-6)
+
+
+def test_head_without_hidden_dims_is_the_linear_head_of_older_bundles():
+    from monitor.model import EmotionHead
+
+    old_config = {"input_dim": 12, "n_classes": 3, "embedding_dim": 100, "dropout": 0.2}  # no hidden_dims field
+    head = EmotionHead(**old_config)
+    assert head.hidden_dims == () and not hasattr(head, "encoder")
+    assert sorted(head.state_dict()) == ["bottleneck.bias", "bottleneck.weight", "classifier.bias",
+                                         "classifier.weight", "temperature"]
+    head.eval()
+    x = torch.randn(4, 12)
+    emb, logits = head(x)
+    torch.testing.assert_close(emb, head.bottleneck(x))  # the embedding is a linear map of the features
+    torch.testing.assert_close(logits, head.classifier(emb))
+    with pytest.raises(ValueError, match="activation"):
+        EmotionHead(12, 3, hidden_dims=(8,), activation="swish")
+
+
 def test_temperature_scaling_softens_overconfident_logits():
     torch.manual_seed(0)
     targets = torch.randint(0, 3, (300,))
@@ -172,7 +219,9 @@ def test_egemaps_build_command_on_real_clips_gives_a_bundle_the_monitor_loads(tm
 
     subset = _real_subset()
     rows = [{"path": it.path, "label": it.label, "speaker": it.speaker.split(":")[1],
-             "split": "val" if it.speaker == "emovo:f2" else "train"} for it in subset]
+             "split": "val" if it.speaker == "emovo:f2" else "train",
+             # EMOVO has one rendition per sentence: pretend one sentence at two intensities, so pairs exist
+             "sentence": "s1", "intensity": "strong" if k % 2 else "normal"} for k, it in enumerate(subset)]
     with open(tmp_path / "clips.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -194,6 +243,13 @@ def test_egemaps_build_command_on_real_clips_gives_a_bundle_the_monitor_loads(tm
     exported = load_embeddings(out / "embeddings.npz")
     assert exported["embeddings"].shape == (len(rows), 100)
     assert set(exported["split"]) == {"train", "val"}
+    # speaker, sentence and intensity travel with the embeddings, so calibration.evaluate runs the intensity check
+    assert exported["sentence"].tolist() == [r["sentence"] for r in rows]
+    assert exported["intensity"].tolist() == [r["intensity"] for r in rows]
+    from calibration.evaluate import evaluate_reducer
+
+    result, _ = evaluate_reducer(bundle.reducer, exported)
+    assert result["intensity"] is not None and result["intensity"]["n_pairs"] > 0
     # the runtime path on the same waveform gives the exported training embedding
     emb, probs = model.embed_waveforms([load_audio(rows[0]["path"])])
     np.testing.assert_allclose(emb[0], exported["embeddings"][0], rtol=1e-4, atol=1e-4)

@@ -70,7 +70,18 @@ def _add_setting_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=1e-3)
     g.add_argument("--feature-noise", type=float, default=0.1, help="egemaps: Gaussian noise on normalised features")
     g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument("--hidden-dims", type=int, nargs="*", default=[], metavar="N",
+                   help="widths of an MLP encoder before the 100-d bottleneck (GELU, dropout); none = linear head")
+    g.add_argument("--mixup", type=float, default=0.0, help="egemaps: mixup Beta(a, a) of normalised features (0 = off)")
     g.add_argument("--patience", type=int, default=15)
+    r = p.add_argument_group("Stage II reducer (calibration.reducer.AnchoredReducer)")
+    r.add_argument("--reducer-align", default="none", choices=("none", "similarity", "affine"),
+                   help="map class centroids onto their anchors after the fit (default: none)")
+    r.add_argument("--reducer-align-on", default="val", choices=("val", "train"),
+                   help="fit that map on the early-stopping speakers' embeddings (val, default) or the training layout")
+    r.add_argument("--reducer-fast-neighbors", type=int, default=None, help="neighbours of the fast transform")
+    r.add_argument("--reducer-n-neighbors", type=int, default=None, help="UMAP n_neighbors (reducer default 20)")
+    r.add_argument("--reducer-target-weight", type=float, default=None, help="UMAP target_weight (reducer default 0.1)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     g.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
@@ -144,7 +155,17 @@ def _settings(args):
                     model="head", augment=tuple(args.augment), balance=args.balance,
                     epochs=args.epochs or (80 if egemaps else 20), head_lr=args.head_lr or (1e-3 if egemaps else 1e-4),
                     dropout=args.dropout, weight_decay=args.weight_decay, feature_noise=args.feature_noise,
-                    label_smoothing=args.label_smoothing, batch_size=args.batch_size or (32 if egemaps else 8))
+                    label_smoothing=args.label_smoothing, batch_size=args.batch_size or (32 if egemaps else 8),
+                    hidden_dims=tuple(args.hidden_dims), mixup=args.mixup, patience=args.patience,
+                    reducer_align=None if args.reducer_align == "none" else args.reducer_align,
+                    reducer_align_on=args.reducer_align_on, reducer_params=_reducer_params(args))
+
+
+def _reducer_params(args) -> dict:
+    """AnchoredReducer parameters given on the command line (the rest stay at the reducer's defaults)."""
+    given = {"fast_neighbors": args.reducer_fast_neighbors, "n_neighbors": args.reducer_n_neighbors,
+             "target_weight": args.reducer_target_weight}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def cmd_manifest(args) -> int:
@@ -253,7 +274,7 @@ def _evaluate_metrics(args, X, manifest, settings, X_aug) -> dict:
 
 
 def _build_features(args, manifest, settings, out: Path, work: Path) -> int:
-    from training.experiments import ANCHORS, FittedModel, loo_baselines
+    from training.experiments import ANCHORS, loo_baselines
     from training.export import export_embeddings, fit_reducer, make_bundle, provenance
     from training.metrics import anchor_ccc, uar
     from training.speaker_calibration import baselines_from_clips, fit_normalizer, normalize_speakers
@@ -286,6 +307,7 @@ def _build_features(args, manifest, settings, out: Path, work: Path) -> int:
     config = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, head_lr=settings.head_lr,
                          dropout=settings.dropout, weight_decay=settings.weight_decay, feature_noise=settings.feature_noise,
                          label_smoothing=settings.label_smoothing, balance=settings.balance, seed=args.seed,
+                         hidden_dims=tuple(settings.hidden_dims), mixup=settings.mixup,
                          patience=args.patience, min_epochs=10, device=args.device, precision=args.precision,
                          max_steps=args.max_steps)
     head, result = train_head(np.concatenate(Xs), np.concatenate(ys), labels, config, Xv, yv,
@@ -293,12 +315,13 @@ def _build_features(args, manifest, settings, out: Path, work: Path) -> int:
     log.info("head: best epoch %d, validation UAR %.3f, temperature %.2f", result.best_epoch, result.best_score,
              result.temperature)
     # embeddings of every clip (each with its speaker's leave-one-out enrolment baseline)
-    model = FittedModel(labels, normalizer, [head], "head")
     bases = loo_baselines(X, manifest.labels, manifest.speakers) if settings.normalization == "enrolment" else [None] * len(X)
     xn = np.stack([normalizer.apply(X[i:i + 1], bases[i])[0] for i in range(len(X))])
     emb, probs = predict_head(head, xn)
     export_embeddings(work / "embeddings.npz", emb, manifest, probs, labels)
-    reducer = fit_reducer(emb[tr], manifest.labels[tr])
+    reducer_params, on_val = settings.reducer_kwargs(manifest.speakers[val])
+    reducer = fit_reducer(emb[tr], manifest.labels[tr], X_align=emb[val] if on_val else None,
+                          y_align=manifest.labels[val] if on_val else None, **reducer_params)
     points = reducer.transform(emb[val])
     val_metrics = {"val_uar": uar(manifest.labels[val][keep], np.asarray(labels)[probs[val][keep].argmax(1)]),
                    "val_best_epoch": result.best_epoch, "temperature": result.temperature,
@@ -307,7 +330,8 @@ def _build_features(args, manifest, settings, out: Path, work: Path) -> int:
     if args.evaluate:
         metrics["held_out"] = _evaluate_metrics(args, X, manifest, settings, X_aug)
     feature_spec = {"kind": "egemaps", "feature_set": settings.feature_set, "feature_dim": int(X.shape[1])}
-    config_json = {**settings.__dict__, "augment": list(settings.augment), "train": config.to_json(),
+    config_json = {**settings.__dict__, "augment": list(settings.augment), "hidden_dims": list(settings.hidden_dims),
+                   "train": config.to_json(),
                    "val_speakers": sorted(set(manifest.speakers[val].tolist())),
                    "reducer": {k: v for k, v in reducer.get_params().items() if isinstance(v, (int, float, str, type(None)))}}
     prov = provenance(manifest, config_json, command=["python", "-m", "training", *sys.argv[1:]] if sys.argv else None,
@@ -341,6 +365,7 @@ def _build_wavlm(args, manifest, settings, out: Path, work: Path) -> int:
     config = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, head_lr=settings.head_lr,
                          encoder_lr=args.encoder_lr, dropout=settings.dropout, weight_decay=settings.weight_decay,
                          label_smoothing=settings.label_smoothing, balance=settings.balance, seed=args.seed,
+                         hidden_dims=tuple(settings.hidden_dims),
                          patience=args.patience, device=args.device, precision=args.precision, max_steps=args.max_steps,
                          max_seconds=args.max_seconds, num_workers=args.num_workers)
     aug = Augmentation.from_spec("+".join(settings.augment), seed=args.seed) if settings.augment else None

@@ -18,7 +18,9 @@ sessions of the same clips, after each speaker's enrolment from neutral/calm).
 
 Points come from the fitted ``AnchoredReducer`` on the 100-d embeddings when
 ``--points reducer`` (the runtime path), or from the probability-weighted mean of the
-class anchors (``--points expected``, reducer-free, fast).
+class anchors (``--points expected``, reducer-free, fast). With ``--reducer-align``
+the reducer's alignment is fitted on the fold's early-stopping speakers (never on
+its test speakers), when there are at least two of them.
 
 Enrolment baselines for evaluated speakers come from their neutral/calm clips;
 a neutral/calm clip that is itself evaluated gets a baseline that leaves it
@@ -32,9 +34,9 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -86,9 +88,36 @@ class Settings:
     feature_noise: float = 0.1
     label_smoothing: float = 0.0
     batch_size: int = 32
+    hidden_dims: tuple[int, ...] = ()
+    mixup: float = 0.0
+    estimate_baselines: bool = False  # enrolment: estimate baselines of training speakers without neutral/calm
+    patience: int = 15
+    select: str = "uar"  # early stopping on the validation speakers' UAR or loss
+    ema: float = 0.0  # exponential moving average of the head's weights (decay per step; 0 = off)
     ensemble: int = 1
     trim: bool = False
     calibrate: bool = True
+    # Stage II: alignment of class centroids onto the anchors, fitted on the early-stopping (validation)
+    # speakers' embeddings ("val") or on the training layout ("train"); other AnchoredReducer parameters
+    reducer_align: str | None = None
+    reducer_align_on: str = "val"
+    reducer_params: dict = field(default_factory=dict)
+
+    def reducer_kwargs(self, align_speakers: Sequence[str] = ()) -> tuple[dict, bool]:
+        """(AnchoredReducer parameters, whether the alignment is fitted on the validation speakers).
+
+        An alignment on validation speakers needs at least ``MIN_ALIGN_SPEAKERS`` of them: class
+        centroids of one speaker are too noisy a target for a 6-parameter map, so with fewer the
+        reducer is left unaligned."""
+        align = self.reducer_align
+        on_val = align is not None and self.reducer_align_on == "val"
+        if on_val and len(set(align_speakers)) < MIN_ALIGN_SPEAKERS:
+            align, on_val = None, False
+        return {"align": align, **self.reducer_params}, on_val
+
+
+#: Fewest validation speakers whose embeddings a reducer alignment is fitted on (see Settings.reducer_kwargs).
+MIN_ALIGN_SPEAKERS = 2
 
 
 class FittedModel:
@@ -124,7 +153,8 @@ def fit_model(X: np.ndarray, manifest: Manifest, settings: Settings, val_mask: n
     val_mask = np.zeros(len(X), bool) if val_mask is None else val_mask
     tr = ~val_mask
     classes = sorted(set(labels_all[tr].tolist()))
-    normalizer, Xn = fit_normalizer(X[tr], labels_all[tr], manifest.speakers[tr], settings.normalization)
+    normalizer, Xn = fit_normalizer(X[tr], labels_all[tr], manifest.speakers[tr], settings.normalization,
+                                    estimate_missing=settings.estimate_baselines)
     y = np.asarray([classes.index(c) for c in labels_all[tr]])
     corpora = manifest.corpora[tr]
     Xtrain, ytrain, ctrain = [Xn], [y], [corpora]
@@ -165,7 +195,9 @@ def fit_model(X: np.ndarray, manifest: Manifest, settings: Settings, val_mask: n
             cfg = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, head_lr=settings.head_lr,
                               dropout=settings.dropout, weight_decay=settings.weight_decay,
                               feature_noise=settings.feature_noise, label_smoothing=settings.label_smoothing,
-                              balance=settings.balance, seed=seed * 100 + k, patience=15, min_epochs=10,
+                              hidden_dims=tuple(settings.hidden_dims), mixup=settings.mixup, select=settings.select,
+                              ema=settings.ema,
+                              balance=settings.balance, seed=seed * 100 + k, patience=settings.patience, min_epochs=10,
                               calibrate_temperature=settings.calibrate, device="cpu")
             head, _ = train_head(Xtr, ytr, classes, cfg, Xv, yv, corpora=ctr)
             heads.append(head)
@@ -308,7 +340,10 @@ def run_protocol(X: np.ndarray, manifest: Manifest, protocol: str, settings: Set
             probs, emb = predict_clips(model, X[test], test_m, settings.normalization)
             reducer = None
             if with_reducer and emb is not None:
-                reducer = fit_reducer_on(model, X[tr], manifest[tr], settings.normalization)
+                params, on_val = settings.reducer_kwargs(manifest.speakers[val])
+                reducer = fit_reducer_on(model, X[tr], manifest[tr], settings.normalization,
+                                         X_align=X[val] if on_val else None, manifest_align=manifest[val] if on_val else None,
+                                         **params)
             points = points_from(model, probs, emb, reducer)
             row = {"protocol": protocol, "fold": name, "seed": seed, **score(model, probs, points, test_m, test_corpus)}
             if mood:
@@ -323,13 +358,26 @@ def run_protocol(X: np.ndarray, manifest: Manifest, protocol: str, settings: Set
     return rows
 
 
-def fit_reducer_on(model: FittedModel, X: np.ndarray, manifest: Manifest, normalization: str, **params):
-    """Fit the Stage II reducer on the training embeddings (as ``training.export`` does for a bundle)."""
-    from training.export import fit_reducer
-
+def embed_clips(model: FittedModel, X: np.ndarray, manifest: Manifest, normalization: str) -> np.ndarray:
+    """Embeddings of clips, each with its speaker's leave-one-out enrolment baseline (as the runtime would)."""
     bases = loo_baselines(X, manifest.labels, manifest.speakers) if normalization == "enrolment" else [None] * len(X)
     xn = np.stack([model.normalizer.apply(X[i:i + 1], bases[i])[0] for i in range(len(X))])
-    _, emb = model.predict_normalized(xn)
+    return model.predict_normalized(xn)[1]
+
+
+def fit_reducer_on(model: FittedModel, X: np.ndarray, manifest: Manifest, normalization: str,
+                   X_align: np.ndarray | None = None, manifest_align: Manifest | None = None, **params):
+    """Fit the Stage II reducer on the training embeddings (as ``training.export`` does for a bundle).
+
+    With ``X_align``/``manifest_align`` (held-out speakers' raw features, e.g. the early-stopping
+    speakers) and an ``align`` in ``params``, the alignment is fitted on their embeddings.
+    """
+    from training.export import fit_reducer
+
+    emb = embed_clips(model, X, manifest, normalization)
+    if X_align is not None and len(X_align) and params.get("align"):
+        emb_align = embed_clips(model, X_align, manifest_align, normalization)
+        return fit_reducer(emb, manifest.labels, X_align=emb_align, y_align=manifest_align.labels, **params)
     return fit_reducer(emb, manifest.labels, **params)
 
 
@@ -373,6 +421,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--weight-decay", type=float, default=1e-3)
     p.add_argument("--feature-noise", type=float, default=0.1)
     p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--hidden-dims", type=int, nargs="*", default=[], help="MLP encoder widths before the bottleneck")
+    p.add_argument("--mixup", type=float, default=0.0)
+    p.add_argument("--select", default="uar", choices=("uar", "loss"), help="early stopping on validation UAR or loss")
+    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the head's weights (0 = off)")
+    p.add_argument("--estimate-baselines", action="store_true",
+                   help="enrolment: estimate baselines of training speakers without neutral/calm clips (JL)")
+    p.add_argument("--reducer-align", default="none", choices=("none", "similarity", "affine"))
+    p.add_argument("--reducer-align-on", default="val", choices=("val", "train"))
+    p.add_argument("--reducer-fast-neighbors", type=int, default=None)
     p.add_argument("--ensemble", type=int, default=1)
     p.add_argument("--trim", action="store_true", help="cut leading/trailing silence before feature extraction")
     p.add_argument("--no-temperature", action="store_true", help="skip temperature scaling of the probabilities")
@@ -388,7 +445,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         augment=tuple(args.augment), balance=args.balance, epochs=args.epochs, head_lr=args.head_lr,
                         dropout=args.dropout, weight_decay=args.weight_decay, feature_noise=args.feature_noise,
                         label_smoothing=args.label_smoothing, ensemble=args.ensemble, trim=args.trim,
-                        calibrate=not args.no_temperature)
+                        calibrate=not args.no_temperature, hidden_dims=tuple(args.hidden_dims), mixup=args.mixup,
+                        select=args.select, ema=args.ema, estimate_baselines=args.estimate_baselines,
+                        reducer_align=None if args.reducer_align == "none" else args.reducer_align,
+                        reducer_align_on=args.reducer_align_on,
+                        reducer_params={} if args.reducer_fast_neighbors is None else
+                        {"fast_neighbors": args.reducer_fast_neighbors})
     suffix = "+trim" if args.trim else ""
     X, manifest = load_table(args.data_root, args.feature_set, variant="clean" + suffix, cache=args.cache)
     X_aug = []

@@ -1,8 +1,9 @@
 """Export: 100-d embeddings to .npz for the reducer, reducer fitting, and the model bundle.
 
 ``export_embeddings`` writes ``embeddings.npz`` (embeddings, probabilities,
-labels, speakers, corpus, split, keys; all plain arrays, ``allow_pickle=False``
-readable). ``fit_reducer`` fits ``calibration.reducer.AnchoredReducer`` on
+labels, speakers, corpus, split, keys, intensity, sentence; all plain arrays,
+``allow_pickle=False`` readable, so ``python -m calibration.evaluate`` can run
+the intensity check on it). ``fit_reducer`` fits ``calibration.reducer.AnchoredReducer`` on
 them. ``make_bundle`` assembles a ``monitor.bundle.ModelBundle`` (head +
 fitted reducer + normalisation + metrics + provenance).
 """
@@ -27,7 +28,8 @@ CORPUS_LICENCES = {
     "iemocap": "USC licence: research use only, no redistribution (Busso et al. 2008)",
     "mead": "research use only (Wang et al. 2020)",
 }
-#: Reducer settings for bundles: the reducer's own defaults, seeded (docs/reducer_ravdess.md: aligning did not raise held-out CCC).
+#: Base reducer settings: the reducer's own defaults, seeded. ``python -m training build`` adds its
+#: ``--reducer-*`` flags; the shipped model aligns on the early-stopping speakers (docs/model_card.md).
 REDUCER_DEFAULTS: dict[str, Any] = {"align": None, "random_state": 0}
 
 
@@ -44,6 +46,7 @@ def export_embeddings(path: str | Path, embeddings: np.ndarray, manifest, probab
         "split": manifest.splits.astype(str),
         "keys": manifest.keys.astype(str),
         "intensity": manifest.column("intensity").astype(str),
+        "sentence": manifest.column("sentence").astype(str),  # with speaker + intensity: the intensity check
         "valence": manifest.column("valence"),
         "arousal": manifest.column("arousal"),
         "dominance": manifest.column("dominance"),
@@ -60,12 +63,21 @@ def load_embeddings(path: str | Path) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
-def fit_reducer(embeddings: np.ndarray, labels: Sequence[str], anchors: Any = "all", **params):
-    """Fit the Stage II ``AnchoredReducer`` on embeddings with canonical labels."""
+def fit_reducer(embeddings: np.ndarray, labels: Sequence[str], anchors: Any = "all", X_align: np.ndarray | None = None,
+                y_align: Sequence[str] | None = None, **params):
+    """Fit the Stage II ``AnchoredReducer`` on embeddings with canonical labels.
+
+    ``X_align``/``y_align``: held-out embeddings (the early-stopping speakers') on which an ``align``
+    map is fitted (``AnchoredReducer.fit``); ignored without ``align``.
+    """
     from calibration.reducer import AnchoredReducer
 
     settings = {**REDUCER_DEFAULTS, **params}
-    return AnchoredReducer(anchors=anchors, **settings).fit(np.asarray(embeddings, dtype=np.float32), np.asarray(labels))
+    reducer = AnchoredReducer(anchors=anchors, **settings)
+    if settings.get("align") and X_align is not None and len(X_align):
+        return reducer.fit(np.asarray(embeddings, dtype=np.float32), np.asarray(labels),
+                           X_align=np.asarray(X_align, dtype=np.float32), y_align=np.asarray(y_align))
+    return reducer.fit(np.asarray(embeddings, dtype=np.float32), np.asarray(labels))
 
 
 def git_commit() -> str:
@@ -111,6 +123,9 @@ def make_bundle(*, backbone_spec: dict, labels: Sequence[str], head, normalizer,
     dropout = head.dropout.p if hasattr(head.dropout, "p") else 0.0
     head_config = {"input_dim": int(head.input_dim), "n_classes": int(head.n_classes),
                    "embedding_dim": int(head.embedding_dim), "dropout": float(dropout)}
+    if hasattr(head, "hidden_dims"):  # bundles written before the field existed load as hidden_dims=()
+        head_config["hidden_dims"] = [int(h) for h in head.hidden_dims]
+        head_config["activation"] = str(head.activation)
     table = get_anchor_set(anchor_set)
     anchors = {c: tuple(table.anchor(c)) if c in table.anchors else tuple(get_anchor_set("all").anchor(c)) for c in labels}
     return ModelBundle(backbone=dict(backbone_spec), labels=list(labels), anchors=anchors, head_config=head_config,

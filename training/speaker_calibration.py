@@ -48,14 +48,49 @@ def baselines_from_clips(features: np.ndarray, labels: Sequence[str], speakers: 
     return out
 
 
+def estimated_baselines(features: np.ndarray, labels: Sequence[str], speakers: Sequence[str],
+                        known: dict[str, SpeakerBaseline], emotions: Sequence[str] = BASELINE_EMOTIONS,
+                        ) -> dict[str, SpeakerBaseline]:
+    """Baselines for *training* speakers who have no neutral/calm clips (JL-Corpus), estimated from their other clips.
+
+    For such a speaker s, with the emotions E that s shares with the enrolled speakers:
+    baseline(s) = mean_{e in E} mean(s, e) - mean_t [mean_{e in E} mean(t, e) - baseline(t)], over the
+    enrolled speakers t that have every emotion in E. It is the speaker's own emotion-balanced mean, moved
+    by the average distance between that mean and the neutral/calm baseline of the enrolled speakers.
+    Training data only: a monitored patient is never re-centred on their own speech.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels)
+    speakers = np.asarray(speakers)
+    out = {}
+    enrolled = [t for t in known if t in set(speakers.tolist())]
+    for spk in np.unique(speakers):
+        if str(spk) in known:
+            continue
+        mine = set(labels[(speakers == spk) & ~np.isin(labels, list(emotions))].tolist())
+        refs = [t for t in enrolled if mine & set(labels[speakers == t].tolist())]
+        common = sorted(set.intersection(mine, *[set(labels[speakers == t].tolist()) for t in refs])) if refs else []
+        if not common:
+            continue
+
+        def balanced_mean(who):
+            return np.mean([features[(speakers == who) & (labels == e)].mean(axis=0) for e in common], axis=0)
+
+        delta = np.mean([balanced_mean(t) - known[t].mean for t in refs], axis=0)
+        out[str(spk)] = SpeakerBaseline(mean=balanced_mean(spk) - delta, n_segments=int((speakers == spk).sum()),
+                                        seconds=0.0, model_id="", source="estimated from " + "/".join(common) + " clips")
+    return out
+
+
 def fit_normalizer(features: np.ndarray, labels: Sequence[str], speakers: Sequence[str], mode: str,
-                   ) -> tuple[FeatureNormalizer, np.ndarray]:
+                   estimate_missing: bool = False) -> tuple[FeatureNormalizer, np.ndarray]:
     """Fit a :class:`FeatureNormalizer` on training features and return it with the normalised training features.
 
     ``mode="enrolment"``: each speaker with baseline clips is shifted onto the
     population reference (mean of all neutral/calm training clips) before the
     population statistics are fitted, then normalised as the runtime would
-    normalise an enrolled speaker.
+    normalise an enrolled speaker. ``estimate_missing`` also shifts training
+    speakers without such clips, by :func:`estimated_baselines`.
     """
     features = np.asarray(features, dtype=np.float64)
     normalizer = FeatureNormalizer(mode)
@@ -70,6 +105,8 @@ def fit_normalizer(features: np.ndarray, labels: Sequence[str], speakers: Sequen
     is_base = np.isin(labels, list(BASELINE_EMOTIONS))
     reference = features[is_base].mean(axis=0) if is_base.any() else features.mean(axis=0)
     baselines = baselines_from_clips(features, labels, speakers)
+    if estimate_missing:
+        baselines.update(estimated_baselines(features, labels, speakers, baselines))
     shifted = features.copy()
     speakers = np.asarray(speakers)
     for spk, base in baselines.items():

@@ -24,7 +24,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -51,12 +51,16 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup: float = 0.05  # share of all steps spent warming up, then linear decay to 0
     embedding_dim: int = 100
+    hidden_dims: tuple[int, ...] = ()  # MLP encoder widths before the bottleneck (EmotionHead.hidden_dims)
     dropout: float = 0.0
     label_smoothing: float = 0.0
     feature_noise: float = 0.0  # std of Gaussian noise added to normalised features (features path)
+    mixup: float = 0.0  # features path: Beta(a, a) mixup of normalised features and one-hot targets (0 = off)
     balance: str = "corpus+class"
     patience: int = 10
     min_epochs: int = 1
+    select: str = "uar"  # the validation score that early stopping keeps the best epoch by: "uar" or "loss"
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off); validated and kept instead
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto: bf16/fp16 autocast on CUDA, fp32 on CPU
@@ -139,6 +143,7 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.bad_epochs = 0
         self.history: list[dict] = []
+        self.ema_state: dict[str, torch.Tensor] | None = None
 
     # ---- checkpoints ----------------------------------------------------------------
     def _trainable_state(self) -> dict[str, torch.Tensor]:
@@ -151,6 +156,7 @@ class Trainer:
         state = {
             "model": self._trainable_state(),
             "best_model": self.best_state or {},
+            "ema_model": self.ema_state or {},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -184,8 +190,33 @@ class Trainer:
         self.best_epoch = int(state["best_epoch"])
         self.bad_epochs = int(state["bad_epochs"])
         self.best_state = state["best_model"] or None
+        self.ema_state = state.get("ema_model") or None
         self.history = json.loads(state["history"])
         return self.epoch
+
+    # ---- weight averaging --------------------------------------------------------------
+    def _update_ema(self) -> None:
+        """ema <- d * ema + (1 - d) * weights, after every optimiser step (buffers are copied)."""
+        decay = self.config.ema
+        with torch.no_grad():
+            current = self.model.state_dict()
+            if self.ema_state is None:
+                self.ema_state = {k: v.detach().clone() for k, v in current.items()}
+                return
+            for k, v in current.items():
+                if v.dtype.is_floating_point:
+                    self.ema_state[k].mul_(decay).add_(v.detach(), alpha=1.0 - decay)
+                else:
+                    self.ema_state[k].copy_(v)
+
+    def _validate_ema(self, evaluate) -> dict:
+        """Validate with the averaged weights, then put the raw weights back."""
+        raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.ema_state)
+        try:
+            return self.validate(evaluate)
+        finally:
+            self.model.load_state_dict(raw)
 
     # ---- the loop --------------------------------------------------------------------
     def _autocast(self):
@@ -241,6 +272,8 @@ class Trainer:
                     if not self.scaler.is_enabled() or self.scaler.get_scale() >= scale:
                         self.scheduler.step()  # fp16: a step skipped for inf/NaN gradients does not advance the schedule
                     self.step += 1
+                    if cfg.ema > 0:
+                        self._update_ema()
                     losses.append(float(loss.item()))
                     bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
                     if cfg.max_steps and self.step >= cfg.max_steps:
@@ -249,14 +282,15 @@ class Trainer:
                 record = {"epoch": self.epoch, "step": self.step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                           "lr_head": self.optimizer.param_groups[-1]["lr"], "seconds": round(time.time() - t0, 3)}
                 if evaluate is not None:
-                    record.update(self.validate(evaluate))
-                    score = record["val_uar"]
+                    record.update(self._validate_ema(evaluate) if cfg.ema > 0 and self.ema_state else self.validate(evaluate))
+                    score = -record["val_loss"] if cfg.select == "loss" else record["val_uar"]
                 else:
                     score = -record["train_loss"]
                 improved = score > self.best_score + 1e-6
                 if improved or self.best_state is None:
                     self.best_score, self.best_epoch, self.bad_epochs = score, self.epoch, 0
-                    self.best_state = self._trainable_state()
+                    self.best_state = {k: v.detach().cpu().clone() for k, v in self.ema_state.items()} \
+                        if cfg.ema > 0 and self.ema_state else self._trainable_state()
                 else:
                     self.bad_epochs += 1
                 record["best_epoch"] = self.best_epoch
@@ -324,7 +358,8 @@ def train_head(X_train: np.ndarray, y_train: np.ndarray, labels: Sequence[str], 
 
     seed_everything(config.seed)
     device = choose_device(config.device)
-    head = EmotionHead(X_train.shape[1], len(labels), embedding_dim=config.embedding_dim, dropout=config.dropout)
+    head = EmotionHead(X_train.shape[1], len(labels), embedding_dim=config.embedding_dim, dropout=config.dropout,
+                       hidden_dims=config.hidden_dims)
     model = _HeadOnly(head, config.feature_noise).to(device)
     Xt = torch.as_tensor(np.asarray(X_train, dtype=np.float32), device=device)
     yt = torch.as_tensor(np.asarray(y_train, dtype=np.int64), device=device)
@@ -333,11 +368,22 @@ def train_head(X_train: np.ndarray, y_train: np.ndarray, labels: Sequence[str], 
     sampler = BalancedSampler(weights, seed=config.seed)
     steps = math.ceil(len(sampler) / config.batch_size)
 
+    n_classes = len(labels)
+    beta = torch.distributions.Beta(config.mixup, config.mixup) if config.mixup > 0 else None
+
     def batches(epoch: int):
         idx = torch.as_tensor(list(iter(sampler)), device=device)
         for i in range(0, len(idx), config.batch_size):
             b = idx[i:i + config.batch_size]
-            yield Xt[b], yt[b]
+            if beta is None:
+                yield Xt[b], yt[b]
+                continue
+            # mixup (Zhang et al. 2018): convex pairs of inputs and of one-hot targets; the loss takes soft targets
+            lam = beta.sample((len(b), 1)).to(device)
+            lam = torch.maximum(lam, 1.0 - lam)  # the first clip dominates its mix
+            perm = torch.randperm(len(b), device=device)
+            onehot = nn.functional.one_hot(yt[b], n_classes).float()
+            yield lam * Xt[b] + (1.0 - lam) * Xt[b][perm], lam * onehot + (1.0 - lam) * onehot[perm]
 
     evaluate = None
     if X_val is not None and len(X_val):
@@ -481,7 +527,8 @@ def train_wavlm(backbone, train_items, val_items, labels: Sequence[str], config:
                                 progress=progress)
         normalizer.fit(feats, [it.label for it in train_items])
         mean, scale = normalizer.mean_, normalizer.scale_
-    head = EmotionHead(backbone.feature_dim, len(labels), embedding_dim=config.embedding_dim, dropout=config.dropout)
+    head = EmotionHead(backbone.feature_dim, len(labels), embedding_dim=config.embedding_dim, dropout=config.dropout,
+                       hidden_dims=config.hidden_dims)
     model = WaveModel(backbone, head, mean, scale).to(device)
 
     weights = sample_weights([it.label for it in train_items], [it.corpus for it in train_items], config.balance)

@@ -13,6 +13,17 @@ from typing import Mapping, Sequence
 import numpy as np
 
 
+def _paired(name: str, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two inputs of a paired metric, checked to match element for element."""
+    if a.shape != b.shape:
+        raise ValueError(f"{name}: shapes differ, {a.shape} vs {b.shape}")
+    return a, b
+
+
+def _paired_floats(name: str, a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    return _paired(name, np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel())
+
+
 def ccc(x: Sequence[float], y: Sequence[float]) -> float:
     """Lin's concordance correlation coefficient.
 
@@ -21,10 +32,7 @@ def ccc(x: Sequence[float], y: Sequence[float]) -> float:
     Population (ddof=0) moments, as in Lin (1989). NaN when both inputs are
     the same constant (0/0), where the coefficient is undefined.
     """
-    x = np.asarray(x, dtype=np.float64).ravel()
-    y = np.asarray(y, dtype=np.float64).ravel()
-    if x.shape != y.shape:
-        raise ValueError(f"ccc: shapes differ, {x.shape} vs {y.shape}")
+    x, y = _paired_floats("ccc", x, y)
     if x.size == 0:
         return float("nan")
     mx, my = x.mean(), y.mean()
@@ -42,10 +50,7 @@ def uar(y_true: Sequence, y_pred: Sequence) -> float:
     The standard speech-emotion score because it is not inflated by the
     majority class.
     """
-    t = np.asarray(y_true)
-    p = np.asarray(y_pred)
-    if t.shape != p.shape:
-        raise ValueError(f"uar: shapes differ, {t.shape} vs {p.shape}")
+    t, p = _paired("uar", np.asarray(y_true), np.asarray(y_pred))
     if t.size == 0:
         return float("nan")
     recalls = [np.mean(p[t == c] == c) for c in np.unique(t)]
@@ -54,10 +59,7 @@ def uar(y_true: Sequence, y_pred: Sequence) -> float:
 
 def weighted_accuracy(y_true: Sequence, y_pred: Sequence) -> float:
     """Weighted accuracy (WA): the plain share of correct predictions."""
-    t = np.asarray(y_true)
-    p = np.asarray(y_pred)
-    if t.shape != p.shape:
-        raise ValueError(f"weighted_accuracy: shapes differ, {t.shape} vs {p.shape}")
+    t, p = _paired("weighted_accuracy", np.asarray(y_true), np.asarray(y_pred))
     if t.size == 0:
         return float("nan")
     return float(np.mean(t == p))
@@ -80,10 +82,7 @@ def circular_correlation(a: Sequence[float], b: Sequence[float]) -> float:
     rank correlation of raw angles does. Computed with Fisher & Lee's O(n)
     closed form, which equals the pairwise sum.
     """
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    if a.shape != b.shape:
-        raise ValueError(f"circular_correlation: shapes differ, {a.shape} vs {b.shape}")
+    a, b = _paired_floats("circular_correlation", a, b)
     n = a.size
     if n < 2:
         return float("nan")
@@ -117,10 +116,7 @@ def circular_correlation_pairwise(a: Sequence[float], b: Sequence[float]) -> flo
 
 def mean_abs_angular_error(a: Sequence[float], b: Sequence[float]) -> float:
     """Mean absolute angular difference, taking the short way round (radians, in [0, pi])."""
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    if a.shape != b.shape:
-        raise ValueError(f"mean_abs_angular_error: shapes differ, {a.shape} vs {b.shape}")
+    a, b = _paired_floats("mean_abs_angular_error", a, b)
     if a.size == 0:
         return float("nan")
     return float(np.mean(np.abs(wrap_angle(a - b))))

@@ -25,16 +25,10 @@ from training.speaker_calibration import (
     replay_sessions,
 )
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+from tests.conftest import corpus_dir
+
 #: Speakers held out of the default model's head training (its early-stopping speakers).
 HELD_OUT = {"ravdess": ("19", "20"), "emovo": ("m3",)}
-
-
-def _need(folder: str) -> Path:
-    path = DATA / folder
-    if not path.is_dir():
-        pytest.skip(f"real corpus not available: ../shared/data/{folder} (needed for the persistent-mood test)")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +51,8 @@ def held_out_clips(default_model):
     from training.features import extract, make_featurizer
 
     bundle, _ = default_model
-    rav = load_ravdess(_need("ravdess"), check_audio=False)
-    emo = load_emovo(_need("emovo"), check_audio=False)
+    rav = load_ravdess(corpus_dir("ravdess"), check_audio=False)
+    emo = load_emovo(corpus_dir("emovo"), check_audio=False)
     manifest = rav.where(lambda it: it.speaker.split(":")[1] in HELD_OUT["ravdess"]) + \
         emo.where(lambda it: it.speaker.split(":")[1] in HELD_OUT["emovo"])
     table = extract(manifest, make_featurizer(bundle.backbone["feature_set"]), progress=False,

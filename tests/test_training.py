@@ -92,6 +92,24 @@ def test_head_learns_separable_classes_and_calibrates():
     assert 0.05 < result.temperature < 20 and float(head.temperature) == pytest.approx(result.temperature)
 
 
+def test_loss_selection_keeps_the_epoch_with_the_lowest_validation_loss_and_ema_keeps_averaged_weights():
+    X, y = _blobs()
+    labels = ["angry", "happy", "sad"]
+    cfg = TrainConfig(epochs=12, head_lr=3e-3, batch_size=32, seed=0, device="cpu", patience=30, select="loss")
+    _, result = train_head(X[:180], y[:180], labels, cfg, X[180:], y[180:])
+    losses = [r["val_loss"] for r in result.history]
+    assert result.best_epoch == 1 + int(np.argmin(losses)) and result.best_score == pytest.approx(-min(losses))
+
+    plain, _ = train_head(X[:180], y[:180], labels, TrainConfig(epochs=6, head_lr=3e-3, batch_size=32, seed=0,
+                                                                device="cpu", patience=30), X[180:], y[180:])
+    averaged, res_ema = train_head(X[:180], y[:180], labels, TrainConfig(epochs=6, head_lr=3e-3, batch_size=32, seed=0,
+                                                                         device="cpu", patience=30, ema=0.9),
+                                   X[180:], y[180:])
+    # same seed and batches: only the kept weights differ, and the averaged head still separates the classes
+    assert not torch.allclose(plain.bottleneck.weight, averaged.bottleneck.weight)
+    assert res_ema.best_score > 0.9 and (predict_head(averaged, X[180:])[1].argmax(1) == y[180:]).mean() > 0.9
+
+
 def test_head_with_an_mlp_encoder_and_mixup_learns_and_round_trips_through_a_bundle(tmp_path):
     from calibration.speaker import FeatureNormalizer
     from monitor.bundle import load_bundle

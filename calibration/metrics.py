@@ -122,6 +122,20 @@ def mean_abs_angular_error(a: Sequence[float], b: Sequence[float]) -> float:
     return float(np.mean(np.abs(wrap_angle(a - b))))
 
 
+def boundary_share(points: np.ndarray, margin: float = 0.02) -> float:
+    """Share of points within ``margin`` of the [-1, 1] square's edge (where a clipped output piles up).
+
+    CCC alone rewards stretching the layout (it corrects the shrinkage of unseen
+    speakers toward the centre), but stretched points pile up on the clip
+    boundary, where the heat map loses every distinction between them. This is
+    the number that shows it; a layout fitted as intended keeps it near 0.
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if pts.size == 0:
+        return float("nan")
+    return float(np.mean(np.any(np.abs(pts) >= 1.0 - margin, axis=1)))
+
+
 def class_centroids(points: np.ndarray, labels: Sequence[str]) -> dict[str, np.ndarray]:
     """Mean point of every label, in sorted label order."""
     points = np.asarray(points, dtype=np.float64)

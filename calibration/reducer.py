@@ -261,6 +261,9 @@ class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
         table = np.asarray([self.anchors_[c] for c in self.classes_], dtype=np.float64)
         return table[codes] + rng.normal(0.0, float(self.init_noise), size=(len(codes), 2))
 
+    #: an alignment that stretches the unit layout more than this is warned about (points pile up on the clip edge)
+    MAX_ALIGN_STRETCH = 2.0
+
     def fit(self, X, y, X_align=None, y_align=None):
         """Fit UMAP on embeddings ``X`` [n, d] with canonical emotion labels ``y``.
 
@@ -357,6 +360,12 @@ class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
             fit_map = _similarity_fit if self.align == "similarity" else _affine_fit
             self.align_matrix_, self.align_offset_ = fit_map(cents, np.asarray([self.anchors_[c] for c in used]))
             self.ref_out_ = self._to_output(self.layout_[self.ref_index_], clip=False)
+            stretch = float(np.linalg.svd(self.align_matrix_, compute_uv=False)[0])
+            if stretch > self.MAX_ALIGN_STRETCH:
+                warnings.warn(f"the {self.align} alignment stretches the layout {stretch:.1f}x along one direction: "
+                              "many points will be clipped onto the [-1, 1] boundary (see calibration.metrics."
+                              "boundary_share); align on more speakers, use align='similarity', or none",
+                              stacklevel=2)
         elif X_align is not None:
             raise ValueError("X_align given but align is None")
         unclipped = self._to_output(self.layout_, clip=False)

@@ -111,3 +111,10 @@ def test_anchor_agreement_and_drift():
     assert drift["mean"] == pytest.approx(0.3)
     with pytest.raises(KeyError):
         M.anchor_targets(["calm"], anchors)
+
+
+def test_boundary_share_counts_points_piled_up_on_the_clip_edge():
+    pts = np.array([[0.0, 0.0], [1.0, 0.2], [-0.5, -0.99], [0.97, 0.5], [-1.0, 1.0]])
+    assert M.boundary_share(pts) == pytest.approx(3 / 5)  # (1, .2), (-.5, -.99), (-1, 1); 0.97 is inside
+    assert M.boundary_share(pts, margin=0.05) == pytest.approx(4 / 5)
+    assert np.isnan(M.boundary_share(np.zeros((0, 2))))

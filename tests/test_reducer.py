@@ -162,6 +162,23 @@ def test_alignment_can_be_fitted_on_held_out_centroids(tmp_path, data, fitted):
         AnchoredReducer(random_state=0).fit(Xtr, ytr, X_align=Xva, y_align=yva)
 
 
+def test_an_alignment_that_stretches_the_layout_is_warned_about(data, fitted):
+    import warnings
+
+    Xtr, ytr, Xte, yte = data
+    Xva, yva = Xte[:120], yte[:120]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # held-out centroids near their clusters: no stretch, no warning
+        AnchoredReducer(anchors="ravdess", align="affine", random_state=0).fit(Xtr, ytr, X_align=Xva, y_align=yva)
+    # labels that do not belong to the points: every class centroid sits near the middle, so the map must blow up
+    shuffled = np.random.default_rng(0).permutation(yva)
+    with pytest.warns(UserWarning, match="stretches the layout"):
+        r = AnchoredReducer(anchors="ravdess", align="affine", random_state=0).fit(Xtr, ytr, X_align=Xva,
+                                                                                 y_align=shuffled)
+    assert np.linalg.svd(r.align_matrix_, compute_uv=False)[0] > AnchoredReducer.MAX_ALIGN_STRETCH
+    assert M.boundary_share(r.transform(Xte)) > M.boundary_share(fitted.transform(Xte))
+
+
 def test_fast_path_is_numpy_only_after_load(tmp_path, data, fitted):
     """A freshly loaded reducer must place a row without importing umap/numba (no JIT)."""
     _, _, Xte, _ = data

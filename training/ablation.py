@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-METRICS = ("uar", "ccc_valence", "ccc_arousal", "intensity")
+METRICS = ("uar", "ccc_valence", "ccc_arousal", "intensity", "boundary")
 VAL_METRICS = tuple(f"val_{k}" for k in METRICS)
 DEFAULT_REDUCERS = '{"red": {}, "affval": {"align": "affine", "_val": true}}'
 

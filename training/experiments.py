@@ -43,7 +43,7 @@ import numpy as np
 from calibration.anchors import get_anchor_set
 from calibration.speaker import BASELINE_EMOTIONS
 from training.corpora import ANCHOR_SET_OF, Manifest, load_corpora, speaker_folds
-from training.metrics import anchor_ccc, expected_anchor, intensity_check, restricted_predictions, uar, weighted_accuracy
+from training.metrics import anchor_ccc, boundary_share, expected_anchor, intensity_check, restricted_predictions, uar, weighted_accuracy
 from training.speaker_calibration import fit_normalizer, persistent_mood_scores, replay_sessions
 
 log = logging.getLogger(__name__)
@@ -256,6 +256,7 @@ def score(model: FittedModel, probs: np.ndarray, points: np.ndarray, manifest: M
         out["uar_strict"] = uar(labels, pred)
     ccc = anchor_ccc(points, labels, ANCHORS)
     out["ccc_valence"], out["ccc_arousal"] = ccc["valence"], ccc["arousal"]
+    out["boundary"] = boundary_share(points)
     known = np.isin(labels, model.labels)
     if known.any():
         out["ece"] = expected_calibration_error(probs[known], np.asarray([model.labels.index(c) for c in labels[known]]))

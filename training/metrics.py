@@ -6,7 +6,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from calibration.metrics import anchor_agreement, ccc, intensity_check, uar, weighted_accuracy  # noqa: F401
+from calibration.metrics import anchor_agreement, boundary_share, ccc, intensity_check, uar, weighted_accuracy  # noqa: F401
 
 
 def anchor_ccc(points: np.ndarray, labels: Sequence[str], anchors: Mapping[str, Sequence[float]]) -> dict:

@@ -575,9 +575,7 @@ class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
         return self
 
     # -------------------------------------------------------------- state
-    def to_state(self) -> tuple[dict, dict[str, np.ndarray]]:
-        """JSON-able parameters and metadata, plus numpy arrays; no pickle anywhere."""
-        check_is_fitted(self, "ref_out_")
+    def _json_params(self) -> dict:
         params = self.get_params(deep=False)
         anchors = params["anchors"]
         if isinstance(anchors, Mapping):
@@ -586,23 +584,9 @@ class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
             params["anchors"] = str(anchors)
         rs = params["random_state"]
         params["random_state"] = int(rs) if isinstance(rs, (int, np.integer)) else None
-        import umap
+        return params
 
-        meta = {
-            "format": STATE_FORMAT,
-            "version": STATE_VERSION,
-            "params": params,
-            "classes": [str(c) for c in self.classes_],
-            "anchors": {c: [float(v), float(a)] for c, (v, a) in self.anchors_.items()},
-            "output_columns": ["valence", "arousal"],
-            "n_features_in": int(self.n_features_in_),
-            "n_train": int(len(self.X_train_)),
-            "fast_k": int(self.fast_k_),
-            "input_hash": self.input_hash_,
-            "drift": self.drift_,
-            "align_source": self.align_source_,
-            "umap_learn_version": umap.__version__,
-        }
+    def _state_arrays(self) -> dict[str, np.ndarray]:
         arrays = {
             "X_train": self.X_train_,
             "y_train": self.y_train_,
@@ -618,7 +602,43 @@ class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
             "init_max": self.init_max_,
             "umap_ab": np.array([self.umap_a_, self.umap_b_], dtype=np.float64),
         }
-        return meta, {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        return {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the parameters and fitted arrays: equal exactly when two reducers place points alike.
+
+        Numpy only (no umap import), so the runtime can afford it at start-up.
+        """
+        import hashlib
+
+        check_is_fitted(self, "ref_out_")
+        digest = hashlib.sha256(json.dumps(self._json_params(), sort_keys=True).encode())
+        for key, value in sorted(self._state_arrays().items()):
+            digest.update(f"{key}{value.dtype}{value.shape}".encode())
+            digest.update(value.tobytes())
+        return digest.hexdigest()
+
+    def to_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """JSON-able parameters and metadata, plus numpy arrays; no pickle anywhere."""
+        check_is_fitted(self, "ref_out_")
+        import umap
+
+        meta = {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "params": self._json_params(),
+            "classes": [str(c) for c in self.classes_],
+            "anchors": {c: [float(v), float(a)] for c, (v, a) in self.anchors_.items()},
+            "output_columns": ["valence", "arousal"],
+            "n_features_in": int(self.n_features_in_),
+            "n_train": int(len(self.X_train_)),
+            "fast_k": int(self.fast_k_),
+            "input_hash": self.input_hash_,
+            "drift": self.drift_,
+            "align_source": self.align_source_,
+            "umap_learn_version": umap.__version__,
+        }
+        return meta, self._state_arrays()
 
     @classmethod
     def from_state(cls, params: Mapping, arrays: Mapping[str, np.ndarray]) -> "AnchoredReducer":

@@ -71,11 +71,25 @@ class ModelBundle:
 
     @property
     def model_id(self) -> str:
-        """Name, version and a short content hash: the exact model a stored point came from."""
+        """Name, version and a short content hash: the exact model a stored point came from.
+
+        The hash covers everything that decides where a point lands: the head
+        (and layer weights), the normalisation and the fitted reducer, so a
+        bundle re-fitted with other reducer settings gets another id.
+        """
         digest = hashlib.sha256()
-        for key in sorted(self.head_state):
-            digest.update(key.encode())
-            digest.update(self.head_state[key].detach().cpu().contiguous().numpy().tobytes())
+
+        def add(prefix: str, arrays: dict) -> None:
+            for key in sorted(arrays):
+                value = arrays[key]
+                value = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+                digest.update(f"{prefix}{key}{value.dtype}{value.shape}".encode())
+                digest.update(np.ascontiguousarray(value).tobytes())
+
+        add("", self.head_state)
+        add("normalization.", self.normalizer.to_state()[1])
+        if self.reducer is not None:
+            digest.update(f"reducer{self.reducer.fingerprint()}".encode())
         return f"{self.name}@{self.version}+{digest.hexdigest()[:10]}"
 
     @classmethod
@@ -102,7 +116,7 @@ class ModelBundle:
                 encoder = model.backbone.encoder
         return cls(
             backbone=spec, labels=list(model.labels), anchors=dict(anchors), anchor_set=anchor_set,
-            head_config={"input_dim": head.input_dim, "n_classes": head.n_classes, "embedding_dim": head.embedding_dim},
+            head_config=head.config(),
             head_state=head_state, normalizer=model.normalizer, reducer=reducer, name=name, version=version,
             provenance=dict(provenance or {}), metrics=dict(metrics or {}), encoder=encoder,
         )

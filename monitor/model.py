@@ -87,6 +87,15 @@ class EmotionHead(nn.Module):
         self.classifier = nn.Linear(embedding_dim, n_classes)
         self.register_buffer("temperature", torch.ones(()))
 
+    def config(self) -> dict:
+        """The constructor's arguments, as a bundle's ``head`` section stores them (``EmotionHead(**config)``)."""
+        dropout = self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
+        config = {"input_dim": int(self.input_dim), "n_classes": int(self.n_classes),
+                  "embedding_dim": int(self.embedding_dim), "dropout": float(dropout)}
+        if self.hidden_dims:  # heads without an encoder keep the section older bundles had
+            config.update(hidden_dims=list(self.hidden_dims), activation=self.activation)
+        return config
+
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.dropout(features)
         if self.hidden_dims:

@@ -120,6 +120,38 @@ def test_bundle_round_trip_gives_identical_outputs(tiny_bundle, tmp_path):
     assert meta["labels"] == ["neutral", "happy", "sad", "angry"]
 
 
+def test_model_id_changes_with_anything_that_moves_a_point(tmp_path):
+    """A stored point names its model_id; a re-fitted reducer or new normalisation must not share it."""
+    import dataclasses
+
+    from calibration.speaker import FeatureNormalizer
+    from monitor.bundle import ModelBundle
+    from monitor.model import EmotionHead
+    from tests.bundles import LABELS, anchors_for, synthetic_reducer
+
+    backbone = EgemapsBackbone()
+    torch.manual_seed(0)
+    head = EmotionHead(backbone.feature_dim, len(LABELS), dropout=0.1, hidden_dims=(16,))
+    rng = np.random.default_rng(0)
+    normalizer = FeatureNormalizer("population").fit(rng.normal(size=(50, backbone.feature_dim)))
+    model = EmotionModel(backbone, head, normalizer, LABELS).eval()
+    bundle = ModelBundle.from_model(model, synthetic_reducer(seed=0), anchors_for(LABELS), name="m", version="1")
+    assert bundle.head_config == {"input_dim": 88, "n_classes": 4, "embedding_dim": 100, "dropout": 0.1,
+                                  "hidden_dims": [16], "activation": "gelu"}
+    bundle.save(tmp_path / "b")
+    loaded = load_bundle(tmp_path / "b")
+    assert loaded.model_id == bundle.model_id  # a round trip keeps it
+    x = rng.normal(size=(3, 88)).astype(np.float32)
+    np.testing.assert_array_equal(EmotionModel.from_bundle(loaded, device="cpu").embed_features(x)[0],
+                                  model.embed_features(x)[0])  # the encoder came back, not a linear head
+
+    other_reducer = dataclasses.replace(bundle, reducer=synthetic_reducer(seed=1))
+    other_norm = dataclasses.replace(bundle, normalizer=FeatureNormalizer("population").fit(
+        rng.normal(size=(50, backbone.feature_dim))))
+    ids = {bundle.model_id, other_reducer.model_id, other_norm.model_id}
+    assert len(ids) == 3 and all(i.startswith("m@1+") for i in ids)
+
+
 def test_bundle_errors_are_clear(tiny_bundle, tmp_path):
     with pytest.raises(BundleError, match="not found"):
         load_bundle(tmp_path / "missing")

@@ -29,7 +29,7 @@ CORPUS_LICENCES = {
     "mead": "research use only (Wang et al. 2020)",
 }
 #: Base reducer settings: the reducer's own defaults, seeded. ``python -m training build`` adds its
-#: ``--reducer-*`` flags; the shipped model aligns on the early-stopping speakers (docs/model_card.md).
+#: ``--reducer-*`` flags (the shipped model: ``fast_neighbors=40``, no alignment; docs/model_card.md).
 REDUCER_DEFAULTS: dict[str, Any] = {"align": None, "random_state": 0}
 
 
@@ -120,12 +120,7 @@ def make_bundle(*, backbone_spec: dict, labels: Sequence[str], head, normalizer,
     head_state = {f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     if layer_logits is not None:
         head_state["backbone.layer_logits"] = layer_logits.detach().cpu().float().contiguous()
-    dropout = head.dropout.p if hasattr(head.dropout, "p") else 0.0
-    head_config = {"input_dim": int(head.input_dim), "n_classes": int(head.n_classes),
-                   "embedding_dim": int(head.embedding_dim), "dropout": float(dropout)}
-    if hasattr(head, "hidden_dims"):  # bundles written before the field existed load as hidden_dims=()
-        head_config["hidden_dims"] = [int(h) for h in head.hidden_dims]
-        head_config["activation"] = str(head.activation)
+    head_config = head.config()
     table = get_anchor_set(anchor_set)
     anchors = {c: tuple(table.anchor(c)) if c in table.anchors else tuple(get_anchor_set("all").anchor(c)) for c in labels}
     return ModelBundle(backbone=dict(backbone_spec), labels=list(labels), anchors=anchors, head_config=head_config,

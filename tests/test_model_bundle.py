@@ -152,6 +152,18 @@ def test_model_id_changes_with_anything_that_moves_a_point(tmp_path):
     assert len(ids) == 3 and all(i.startswith("m@1+") for i in ids)
 
 
+def test_bundle_json_is_strict_json_even_with_undefined_metrics(tiny_bundle, tmp_path):
+    bundle = load_bundle(tiny_bundle)
+    bundle.metrics = {"mood_ccc_valence_ratio": {"mean": float("nan"), "n": 3}, "range": [0.5, float("inf")]}
+    bundle.save(tmp_path / "b")
+
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text(), parse_constant=refuse)
+    assert meta["metrics"] == {"mood_ccc_valence_ratio": {"mean": None, "n": 3}, "range": [0.5, None]}
+
+
 def test_bundle_errors_are_clear(tiny_bundle, tmp_path):
     with pytest.raises(BundleError, match="not found"):
         load_bundle(tmp_path / "missing")

@@ -168,7 +168,9 @@ def test_live_dashboard_end_to_end(playwright_api, session_wav, tiny_bundle, tmp
 
         # Connected, and the hello is shown.
         wait_until(page, "document.getElementById('conn').dataset.state === 'live'", 20, "a live connection")
-        assert "tiny-wavlm" in page.inner_text("#session-info")
+        from monitor.bundle import load_bundle
+
+        assert load_bundle(bundle).model_id in page.inner_text("#session-info")
 
         # Points appear; the heat map is drawn and changes as more speech arrives.
         wait_until(page, "moodDashboard.state.points.length >= 1", 90, "the first point")

@@ -17,7 +17,7 @@ from monitor.worker import WorkerConfig
 
 log = logging.getLogger("monitor")
 
-EXIT_OK, EXIT_ENDED_EARLY, EXIT_SETUP = 0, 1, 2
+EXIT_OK, EXIT_ENDED_EARLY, EXIT_SETUP, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 DESCRIPTION = """\
 Listen to speech (a microphone, or a recording with --input), place every
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         server = DashboardServer(ServerConfig(host=args.host, port=args.port, token=args.token,
                                               certfile=args.certfile, keyfile=args.keyfile, linger_s=args.linger),
                                  store=store)
-        sinks.append(server)
+        sinks.insert(0, server)  # started first: a busy port must fail before the store records a session
     pipeline = MonitorPipeline(source, model, projector, sinks=sinks, config=config, session=session, baseline=baseline)
     if server is not None:
         server.controls = pipeline  # pause/resume/mark from the dashboard
@@ -257,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         except OutputStartError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_SETUP
+        except KeyboardInterrupt:  # the second Ctrl-C: what was written is flushed, the queued rest is dropped
+            print("aborted: queued speech was not analysed", file=sys.stderr)
+            return EXIT_INTERRUPTED
     print(summary.format(), file=sys.stderr)
     if args.summary_json:
         import json

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 from pathlib import Path
 from typing import IO
 
@@ -20,16 +19,14 @@ class JsonlSink:
     def __init__(self, path: str | Path):
         self.path = str(path)
         self._file: IO[str] | None = None
-        self._lock = threading.Lock()  # marks arrive from the dashboard's thread, points from the pipeline's
         self.session_id = ""
 
     def _write(self, record: dict) -> None:
         line = json.dumps(record, separators=(",", ":")) + "\n"
-        with self._lock:
-            if self._file is None:
-                return
-            self._file.write(line)
-            self._file.flush()
+        if self._file is None:  # closed: the pipeline accepts nothing after closing its outputs
+            return
+        self._file.write(line)
+        self._file.flush()
 
     def start(self, session: SessionInfo, heatmap) -> None:
         if self.path == "-":
@@ -49,7 +46,6 @@ class JsonlSink:
         pass
 
     def close(self) -> None:
-        with self._lock:
-            if self._file is not None and self._file is not sys.stdout:
-                self._file.close()
-            self._file = None
+        if self._file is not None and self._file is not sys.stdout:
+            self._file.close()
+        self._file = None

@@ -103,6 +103,10 @@ class MonitorPipeline:
         self.heatmap = RollingHeatmap(self.config.heatmap)
         self.sinks = list(sinks)
         self._audio_sinks = [s for s in self.sinks if callable(getattr(s, "segment_audio", None))]
+        # Sinks are called from the dispatch thread and, for marks, from the dashboard's: one lock serialises
+        # them, and once the session's outputs are closing no mark is accepted (it would be lost).
+        self._sink_lock = threading.Lock()
+        self._sinks_closed = False
         self.session = session or SessionInfo(
             session_id=new_session_id(), started_at=time.time(), model_id="unknown", model_version="",
             device=self.config.worker.device, labels=tuple(projector.labels), source=source.description,
@@ -141,6 +145,7 @@ class MonitorPipeline:
         return self._audio_seconds
 
     def add_mark(self, text: str, t: float | None = None, source: str = "dashboard") -> Mark:
+        """Record a mark in every output; RuntimeError once the session's outputs are closing."""
         mark = Mark(t=self.session_time if t is None else float(t), text=str(text), source=source)
         self._fan_out("mark", mark)
         return mark
@@ -177,20 +182,20 @@ class MonitorPipeline:
         self._latencies.append(point.latency_ms)
         self._points += 1
         self._fan_out("point", point)
-        for sink in self._audio_sinks:  # only outputs that asked to keep audio (--keep-audio)
-            try:
-                sink.segment_audio(point, item.segment.audio)
-            except Exception as exc:  # noqa: BLE001
-                self._sink_errors += 1
-                log.warning("output %s failed to keep audio: %s", type(sink).__name__, exc)
+        self._fan_out("segment_audio", point, item.segment.audio, sinks=self._audio_sinks)  # each decides to keep it
 
-    def _fan_out(self, method: str, value) -> None:
-        for sink in self.sinks:
-            try:
-                getattr(sink, method)(value)
-            except Exception as exc:  # noqa: BLE001 - one broken output must not stop the others
-                self._sink_errors += 1
-                log.warning("output %s failed on %s: %s", type(sink).__name__, method, exc)
+    def _fan_out(self, method: str, *args, sinks: Sequence[PointSink] | None = None) -> None:
+        with self._sink_lock:
+            if self._sinks_closed:
+                if method == "mark":
+                    raise RuntimeError("the session has ended")
+                return
+            for sink in self.sinks if sinks is None else sinks:
+                try:
+                    getattr(sink, method)(*args)
+                except Exception as exc:  # noqa: BLE001 - one broken output must not stop the others
+                    self._sink_errors += 1
+                    log.warning("output %s failed on %s: %s", type(sink).__name__, method, exc)
 
     def status(self) -> Status:
         return Status(
@@ -241,6 +246,8 @@ class MonitorPipeline:
                 except queue.Empty:
                     item = False
                 except KeyboardInterrupt:
+                    if self.stopping:  # a second Ctrl-C aborts the drain (outputs are still closed below)
+                        raise
                     self.stop()
                     continue
                 if item is None:
@@ -249,6 +256,8 @@ class MonitorPipeline:
                     try:
                         self._dispatch(item)
                     except KeyboardInterrupt:
+                        if self.stopping:
+                            raise
                         self.stop()
                     except Exception as exc:  # noqa: BLE001
                         self.worker.failed_segments += 1
@@ -259,6 +268,8 @@ class MonitorPipeline:
         finally:
             segmenter_thread.join(timeout=5)
             self._fan_out("status", self.status())
+            with self._sink_lock:
+                self._sinks_closed = True
             for sink in self.sinks:
                 try:
                     sink.close()

@@ -24,7 +24,6 @@ import atexit
 import email.utils
 import hmac
 import html
-import importlib
 import ipaddress
 import logging
 import re
@@ -161,7 +160,6 @@ class _Client:
         self.max_chars = config.client_queue_bytes
         self.bucket = _Bucket(config.client_messages_per_s)
         self.dropped_heatmaps = 0
-        self.sent = 0
         self.closing = False
         self.kicked = False
         self.sender: asyncio.Task | None = None
@@ -609,7 +607,6 @@ class DashboardServer:
                     await client.wakeup.wait()
                     continue
                 await client.ws.send(msg)
-                client.sent += 1
         except ConnectionClosed:
             pass
 
@@ -652,7 +649,10 @@ class DashboardServer:
         elif kind == "mark":
             # The pipeline fans the mark out to every sink (store, JSONL, and back here for the broadcast);
             # a thread keeps a slow sink off this loop.
-            mark = await asyncio.to_thread(controls.add_mark, msg["text"], t=msg["t"], source="dashboard")
+            try:
+                mark = await asyncio.to_thread(controls.add_mark, msg["text"], t=msg["t"], source="dashboard")
+            except RuntimeError as exc:  # the pipeline is closing its outputs: the mark could not be kept
+                raise ProtocolError("session_ended", str(exc), ref) from exc
             log.info("dashboard client %d: mark at %.1f s", client.id, mark.t)
             self._drain_inbox()  # the pipeline has fanned the mark out to us: broadcast it before the ack
             self._send(client, message("ack", id=ref, of="mark", mark=protocol.mark_body(mark)))
@@ -747,10 +747,7 @@ class DashboardServer:
                 raise ValueError
         except ValueError:
             return _json(HTTPStatus.BAD_REQUEST, {"error": "days must be a whole number from 1 to 366"})
-        try:
-            history_json = importlib.import_module("monitor.aggregate").history_json
-        except (ImportError, AttributeError):
-            return _json(HTTPStatus.NOT_IMPLEMENTED, {"error": "history aggregation is not installed"})
+        from monitor.aggregate import history_json
         try:
             data = await asyncio.to_thread(history_json, self.store, patient, days)
         except LookupError:

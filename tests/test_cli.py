@@ -143,9 +143,14 @@ def test_busy_dashboard_port_is_a_setup_error(tmp_path, tiny_bundle, capsys):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code = main(["--input", str(tmp_path / "x.wav"), "--fast", "--model", str(tiny_bundle), "--no-store",
-                     "--port", str(port), "--jsonl", str(out)])
+        code = main(["--input", str(tmp_path / "x.wav"), "--fast", "--model", str(tiny_bundle),
+                     "--db", str(tmp_path / "store.sqlite"), "--port", str(port), "--jsonl", str(out)])
     assert code == EXIT_SETUP
     err = capsys.readouterr().err
     assert "--port" in err
-    assert out.read_text() == ""  # the JSONL output was opened, then closed again: nothing half-written
+    assert not out.exists() or out.read_text() == ""  # no output was written to
+    from monitor.store import open_existing
+
+    if (tmp_path / "store.sqlite").exists():  # the store may exist, but it recorded no session
+        with open_existing(tmp_path / "store.sqlite") as store:
+            assert store.sessions() == []

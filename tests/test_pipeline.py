@@ -165,3 +165,32 @@ def test_truncated_input_keeps_points_and_reports(tmp_path):
     assert summary.error == "device unplugged"
     assert len(sink.points) == 2  # the first segment and the open one, flushed at the failure
     assert sink.closed and "ended early" in summary.format()
+
+
+def test_first_interrupt_drains_second_aborts_and_no_mark_is_taken_after_the_end(tmp_path):
+    class InterruptingSink(ListSink):
+        """Ctrl-C arriving while the dispatch thread is in an output, once per point."""
+
+        def point(self, point):
+            super().point(point)
+            raise KeyboardInterrupt
+
+    class SlowFirstModel(LoudnessModel):
+        """The first batch takes a second, so every later segment is queued before the first point goes out."""
+
+        def embed_waveforms(self, waves, baseline=None):
+            if self.calls == 1:  # call 0 is the warm-up
+                time.sleep(1.0)
+            return super().embed_waveforms(waves, baseline)
+
+    path, _ = replay_file(tmp_path, [("speech", 1.0), ("silence", 0.8)] * 6)
+    sink = InterruptingSink()
+    pipeline = make_pipeline(path, [sink])
+    pipeline.worker.model = SlowFirstModel()
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run()
+    assert pipeline.stopping and len(sink.points) == 2  # the first stopped gracefully, the second aborted
+    assert sink.closed  # outputs are closed (flushed) even on abort
+    with pytest.raises(RuntimeError, match="ended"):
+        pipeline.add_mark("too late")
+    assert sink.marks == []

@@ -21,11 +21,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, time as dtime, timedelta, timezone, tzinfo
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import stats
 from scipy.ndimage import gaussian_filter
+
+from monitor.jsonable import to_jsonable
 
 if TYPE_CHECKING:  # pragma: no cover
     from monitor.store import PointTable, SessionRow, Store
@@ -240,21 +242,6 @@ def iso_week(d: date) -> str:
 
 
 # ---- history ------------------------------------------------------------------------------
-def _round(x: Any, digits: int = 6) -> Any:
-    """Plain JSON values: numpy arrays to nested lists, floats rounded, NaN to None."""
-    if isinstance(x, dict):
-        return {k: _round(v, digits) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_round(v, digits) for v in x]
-    if isinstance(x, np.ndarray):
-        return _round(x.tolist(), digits)
-    if isinstance(x, (float, np.floating)):
-        return None if not math.isfinite(float(x)) else round(float(x), digits)
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
 def _period(table: "PointTable", mask: np.ndarray, cfg: AggregateConfig) -> dict[str, Any]:
     return summarize(table.select(mask), cfg)
 
@@ -334,14 +321,14 @@ def build_history(store: "Store", patient_id: str, start: date, end: date, *, tz
     if overall:
         out["overall"] = summarize(table, cfg)["metrics"]
     out["config"] = cfg.to_dict()
-    return _round(out)
+    return to_jsonable(out, digits=6)
 
 
 def session_summary(store: "Store", session_id: str, config: AggregateConfig | None = None) -> dict[str, Any]:
     """One session's heat map and metrics (same JSON conventions as the days of ``history_json``)."""
     if store.session(session_id) is None:
         raise KeyError(f"no session {session_id!r}")
-    return _round({"session_id": session_id, **summarize(store.points([session_id]), config)})
+    return to_jsonable({"session_id": session_id, **summarize(store.points([session_id]), config)}, digits=6)
 
 
 def period_bounds(days: int | None = 14, start: date | str | None = None, end: date | str | None = None,
@@ -385,7 +372,3 @@ def series(history: dict[str, Any], key: str, periods: str = "days") -> list[flo
             value = value.get("mean")
         out.append(value)
     return out
-
-
-def sessions_on(history: dict[str, Any], day: str) -> Sequence[dict[str, Any]]:
-    return [s for s in history["sessions"] if s["date"] == day]

@@ -302,10 +302,11 @@ class Store:
         conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
         try:
             yield conn
+            conn.execute("COMMIT")  # inside: a COMMIT that fails (full disk) must roll back too
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back by itself (I/O error); keep the original error
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     def close(self) -> None:
         """Close every thread's connection (checkpointing the WAL into the main file)."""
@@ -398,18 +399,10 @@ class Store:
         c.executemany("INSERT INTO marks(session, t, text, wall_time, source) VALUES (?,?,?,?,?)",
                       [(rowid, float(m.t), m.text, float(m.wall_time), m.source) for m in marks])
 
-    def add_marks(self, session_id: str, marks: Sequence[Mark]) -> None:
-        with self.transaction() as c:
-            self._insert_marks(c, self._session_rowid(session_id, c), marks)
-
     def end_session(self, session_id: str, ended_at: float | None = None, state: str = "clean") -> None:
         with self.transaction() as c:
             c.execute("UPDATE sessions SET ended_at = ?, end_state = ?, heartbeat_at = ? WHERE session_id = ?",
                       (float(ended_at if ended_at is not None else time.time()), state, time.time(), session_id))
-
-    def heartbeat(self, session_id: str) -> None:
-        with self.transaction() as c:
-            c.execute("UPDATE sessions SET heartbeat_at = ? WHERE session_id = ?", (time.time(), session_id))
 
     def recover_unclean(self, stale_after_s: float = STALE_AFTER_S) -> list[str]:
         """Close sessions whose writer died (no end time): end = their last point. Returns their ids.
@@ -694,7 +687,6 @@ class StoreSink:
         self.dropped = 0
         self.dropped_audio = 0
         self.write_errors = 0
-        self.written_points = 0
 
     # -- PointSink
     def start(self, session: SessionInfo, heatmap=None) -> None:
@@ -793,9 +785,7 @@ class StoreSink:
                         Store._insert_marks(c, rowid, marks)
                         c.execute("UPDATE sessions SET heartbeat_at = ? WHERE id = ?", (time.time(), rowid))
 
-                if self._retry(write) is not False:
-                    self.written_points += len(points)
-                else:
+                if self._retry(write) is False:
                     self.dropped += len(points)
                 last_beat = time.monotonic()
             for index, samples in audio:

@@ -134,6 +134,18 @@ def test_migration_from_v1_keeps_data_and_closes_dead_sessions(tmp_path):
         assert columns(fresh.conn) == migrated  # a migrated file and a new one have the same schema
 
 
+def test_a_commit_that_fails_rolls_back_and_the_store_stays_usable(tmp_path):
+    with Store.open(tmp_path / "m.sqlite") as store:
+        with pytest.raises(sqlite3.IntegrityError):
+            with store.transaction() as conn:
+                conn.execute("PRAGMA defer_foreign_keys = ON")  # the violation surfaces only at COMMIT
+                conn.execute("INSERT INTO marks (session, t, text, wall_time) VALUES (999, 1.0, 'x', 0.0)")
+        assert not store.conn.in_transaction
+        with store.transaction() as conn:  # the next write works (it would fail inside a stuck transaction)
+            conn.execute("INSERT INTO patients (patient_id, created_at) VALUES ('p1', 0.0)")
+        assert store.conn.execute("SELECT COUNT(*) FROM marks").fetchone()[0] == 0
+
+
 def test_newer_schema_is_refused(tmp_path):
     path = tmp_path / "future.sqlite"
     conn = sqlite3.connect(path)

@@ -27,6 +27,7 @@ import numpy as np
 
 from calibration import metrics as M
 from calibration.anchors import get_anchor_set
+from monitor.jsonable import to_jsonable
 
 DEFAULT_OUT = Path("out") / "calibration-eval"
 
@@ -183,23 +184,6 @@ def plot_circumplex(points: np.ndarray, labels: Sequence[str], anchors: Mapping[
 
 
 # ----------------------------------------------------------------- outputs
-def to_jsonable(obj):
-    """NaN/inf -> None and numpy scalars -> Python, so the JSON is strict."""
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.str_):
-        return str(obj)
-    return obj
-
-
 def write_report(result: dict, points: np.ndarray, labels: Sequence[str], anchors: Mapping,
                  out: str | Path, title: str) -> tuple[Path, Path]:
     """``metrics.json`` and ``circumplex.png`` in ``out``."""
@@ -265,19 +249,6 @@ def _audio_rows(folder: Path, manifest: Path | None) -> list[dict[str, str]]:
                          "intensity,valence,arousal] columns") from None
 
 
-def _load_wave(path: str) -> np.ndarray:
-    """Float32 mono 16 kHz samples of one file."""
-    import soundfile as sf
-
-    x, sr = sf.read(path, dtype="float32", always_2d=True)
-    x = x.mean(axis=1)
-    if sr != 16000:
-        import soxr
-
-        x = soxr.resample(x, sr, 16000).astype(np.float32)
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
 def embed_audio_folder(bundle: str | Path, folder: str | Path, manifest: str | Path | None = None,
                        batch: int = 16) -> dict[str, np.ndarray]:
     """Run the bundle's Stage I model over a folder; returns an exported-embedding dict.
@@ -288,6 +259,7 @@ def embed_audio_folder(bundle: str | Path, folder: str | Path, manifest: str | P
     from tqdm import tqdm
 
     from calibration.data import check_embeddings
+    from monitor.audio_io import read_audio
     from monitor.bundle import load_bundle
     from monitor.model import EmotionModel
 
@@ -296,7 +268,7 @@ def embed_audio_folder(bundle: str | Path, folder: str | Path, manifest: str | P
     model = EmotionModel.from_bundle(load_bundle(bundle))
     embs, probs = [], []
     for s in tqdm(range(0, len(rows), batch), desc="embedding audio", unit="batch"):
-        waves = [_load_wave(r["path"]) for r in rows[s:s + batch]]
+        waves = [read_audio(r["path"]) for r in rows[s:s + batch]]
         e, p = model.embed_waveforms(waves)
         embs.append(np.asarray(e, dtype=np.float32))
         probs.append(np.asarray(p, dtype=np.float64))

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from calibration.speaker import FeatureNormalizer
+from monitor.jsonable import to_jsonable
 
 BUNDLE_FORMAT = "mood-monitor-bundle"
 BUNDLE_VERSION = 1
@@ -193,20 +194,9 @@ class ModelBundle:
         if self.reducer is not None:
             self.reducer.save(folder)
         # strict JSON (NaN is not JSON): an undefined metric, e.g. a ratio of two CCCs <= 0, is written as null
-        (folder / "bundle.json").write_text(json.dumps(_finite_or_null(self.to_json()), indent=2, allow_nan=False) + "\n")
+        (folder / "bundle.json").write_text(json.dumps(to_jsonable(self.to_json()), indent=2, allow_nan=False) + "\n")
         self.path = folder
         return folder
-
-
-def _finite_or_null(value: Any) -> Any:
-    """A JSON-able tree with every NaN/inf float replaced by None."""
-    if isinstance(value, dict):
-        return {k: _finite_or_null(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_null(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 def _save_feature_extractor(folder: Path, normalize: bool) -> None:

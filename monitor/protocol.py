@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from monitor.aggregate import AggregateConfig
+from monitor.jsonable import to_jsonable
+
 PROTOCOL_VERSION = 1
 
 #: Message types a client may send.
@@ -26,9 +29,9 @@ MAX_MARK_CHARS = 500
 #: Longest client-chosen request id echoed back.
 MAX_ID_CHARS = 64
 
-#: Points closer than this to the centre count as "neutral" in quadrant shares
-#: (the same radius as the history's ``monitor.aggregate.AggregateConfig.neutral_radius``).
-NEUTRAL_RADIUS = 0.2
+#: Points closer than this to the centre count as "neutral" in quadrant shares: the history's radius,
+#: so the live summary and the history agree.
+NEUTRAL_RADIUS = AggregateConfig.neutral_radius
 
 QUADRANTS = ("high_arousal_positive", "high_arousal_negative", "low_arousal_negative", "low_arousal_positive",
              "neutral")
@@ -49,21 +52,7 @@ class ProtocolError(ValueError):
 
 def dumps(obj: dict[str, Any]) -> str:
     """Compact JSON; NaN/inf become null so every browser's JSON.parse accepts it."""
-    return json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, np.generic):
-        return _finite(value.item())
-    if isinstance(value, np.ndarray):
-        return _finite(value.tolist())
-    return value
+    return json.dumps(to_jsonable(obj), separators=(",", ":"), allow_nan=False)
 
 
 def quadrant(valence: float, arousal: float) -> str:

@@ -701,6 +701,14 @@ def test_quadrants_and_summary():
     assert protocol.quadrant(-0.5, 0.5) == "high_arousal_negative"
     assert protocol.quadrant(-0.5, -0.5) == "low_arousal_negative"
     assert protocol.quadrant(0.5, -0.5) == "low_arousal_positive"
+    # the live rule is the history's rule, ties and the neutral radius included
+    from monitor.aggregate import quadrant_shares
+
+    r = protocol.NEUTRAL_RADIUS
+    for v, a in [(0.0, 0.0), (r, 0.0), (r * 0.99, 0.0), (0.0, -r), (0.5, 0.0), (0.0, 0.5), (-0.5, 0.0), (0.0, -0.5),
+                 (-0.3, 0.3), (0.3, -0.3)]:
+        shares = quadrant_shares([v], [a], [1.0], r)
+        assert shares[protocol.quadrant(v, a)] == 1.0, (v, a)
     s = protocol.SessionSummary()
     s.add(0.5, 0.5, 3.0)
     s.add(-0.5, -0.5, 1.0)

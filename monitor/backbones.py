@@ -211,8 +211,25 @@ class WavLMBackbone(Backbone):
         return batch, lengths
 
     def forward_padded(self, input_values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Pooled features for a padded batch [B, T] with true sample lengths [B]."""
+        """Pooled features for a padded batch [B, T] with true sample lengths [B].
+
+        Every caller (the live worker, training, export) comes through here, so
+        a model whose group norm would see the padding (``pads_safely`` False)
+        runs one forward per distinct length, each on its unpadded samples.
+        """
         lengths = lengths.to(input_values.device)
+        if self.pads_safely:
+            return self._forward_batch(input_values, lengths)
+        groups = [(torch.nonzero(lengths == n).squeeze(1), int(n)) for n in torch.unique(lengths).tolist()]
+        if len(groups) == 1:
+            return self._forward_batch(input_values[:, : groups[0][1]], lengths)
+        parts = [(idx, self._forward_batch(input_values[idx, :n], lengths[idx])) for idx, n in groups]
+        out = torch.empty(len(lengths), parts[0][1].shape[1], device=parts[0][1].device, dtype=parts[0][1].dtype)
+        for idx, features in parts:
+            out[idx] = features
+        return out
+
+    def _forward_batch(self, input_values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         attention_mask = None
         if self.pads_safely and bool((lengths < input_values.shape[1]).any()):
             attention_mask = (torch.arange(input_values.shape[1], device=input_values.device)[None, :] < lengths[:, None]).long()
@@ -228,18 +245,8 @@ class WavLMBackbone(Backbone):
     def features(self, waves: Sequence[np.ndarray]) -> torch.Tensor:
         if not len(waves):
             return torch.zeros(0, self.feature_dim, device=self.device)
-        if self.pads_safely:
-            groups = [list(range(len(waves)))]
-        else:  # one forward per distinct length: padding would leak into group norm
-            by_length: dict[int, list[int]] = {}
-            for i, w in enumerate(waves):
-                by_length.setdefault(len(w), []).append(i)
-            groups = list(by_length.values())
-        out = torch.empty(len(waves), self.feature_dim, device=self.device)
-        for group in groups:
-            batch, lengths = self.prepare([waves[i] for i in group])
-            out[group] = self.forward_padded(batch.to(self.device), lengths)
-        return out
+        batch, lengths = self.prepare(waves)
+        return self.forward_padded(batch.to(self.device), lengths)
 
     def spec(self) -> dict[str, Any]:
         return {

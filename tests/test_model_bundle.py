@@ -69,7 +69,11 @@ def test_group_norm_models_never_mix_lengths_in_a_batch(saved_wavlm):
     with torch.no_grad():
         together = backbone.features(waves)
         alone = torch.cat([backbone.features([w]) for w in waves])
+        # training and export call forward_padded on padded batches directly: the same guard applies there
+        batch, lengths = backbone.prepare(waves)
+        padded = backbone.forward_padded(torch.nn.functional.pad(batch, (0, 800)), lengths)
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(padded, alone, rtol=1e-4, atol=1e-5)
 
 
 def test_freezing_modes(saved_wavlm):

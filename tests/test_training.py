@@ -198,6 +198,20 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, monkeypatch)
     assert {"train_loss", "val_loss", "val_uar", "lr_head"} <= set(log[0])
 
 
+def test_resuming_a_run_that_stopped_early_trains_no_more(tmp_path):
+    X, y = _blobs(seed=1)
+    labels = ["angry", "happy", "sad"]
+    cfg = TrainConfig(epochs=40, head_lr=3e-3, batch_size=16, seed=0, device="cpu", patience=2, min_epochs=1,
+                      calibrate_temperature=False)
+    first, done = train_head(X[:200], y[:200], labels, cfg, X[200:], y[200:], out_dir=tmp_path)
+    assert len(done.history) < 40  # it stopped early
+    again, result = train_head(X[:200], y[:200], labels, cfg, X[200:], y[200:], out_dir=tmp_path, resume=True)
+    assert len(result.history) == len(done.history) and result.best_epoch == done.best_epoch
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == len(done.history)
+    for k, v in first.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v)
+
+
 def test_device_selection_and_amp_code_path_on_cpu():
     from monitor.model import autocast_dtype, choose_device
 
@@ -232,7 +246,7 @@ def test_egemaps_build_command_on_real_clips_gives_a_bundle_the_monitor_loads(tm
     from monitor.bundle import load_bundle
     from monitor.model import EmotionModel
     from training.__main__ import main
-    from training.export import load_embeddings
+    from calibration.data import load_embeddings
     from training.features import load_audio
 
     subset = _real_subset()

@@ -274,11 +274,11 @@ def _evaluate_metrics(args, X, manifest, settings, X_aug) -> dict:
 
 
 def _build_features(args, manifest, settings, out: Path, work: Path) -> int:
-    from training.experiments import ANCHORS, loo_baselines
+    from training.experiments import ANCHORS, FittedModel, predict_clips
     from training.export import export_embeddings, fit_reducer, make_bundle, provenance
     from training.metrics import anchor_ccc, uar
     from training.speaker_calibration import baselines_from_clips, fit_normalizer, normalize_speakers
-    from training.train import TrainConfig, predict_head, train_head
+    from training.train import TrainConfig, train_head
 
     import torch
 
@@ -315,9 +315,7 @@ def _build_features(args, manifest, settings, out: Path, work: Path) -> int:
     log.info("head: best epoch %d, validation UAR %.3f, temperature %.2f", result.best_epoch, result.best_score,
              result.temperature)
     # embeddings of every clip (each with its speaker's leave-one-out enrolment baseline)
-    bases = loo_baselines(X, manifest.labels, manifest.speakers) if settings.normalization == "enrolment" else [None] * len(X)
-    xn = np.stack([normalizer.apply(X[i:i + 1], bases[i])[0] for i in range(len(X))])
-    emb, probs = predict_head(head, xn)
+    probs, emb = predict_clips(FittedModel(labels, normalizer, [head], "head"), X, manifest, settings.normalization)
     export_embeddings(work / "embeddings.npz", emb, manifest, probs, labels)
     reducer_params, on_val = settings.reducer_kwargs(manifest.speakers[val])
     reducer = fit_reducer(emb[tr], manifest.labels[tr], X_align=emb[val] if on_val else None,

@@ -56,11 +56,8 @@ def run(tag: str, settings: dict, protocols: Sequence[str], seeds: Sequence[int]
                 tm = m[test]
                 probs, emb = E.predict_clips(model, X[test], tm, cfg.normalization)
                 emb_tr = E.embed_clips(model, X[tr], m[tr], cfg.normalization)
-                emb_val = E.embed_clips(model, X[val], m[val], cfg.normalization)
+                probs_val, emb_val = E.predict_clips(model, X[val], m[val], cfg.normalization)
                 variants = {"exp": E.expected_anchor(probs, model.labels, E.ANCHORS)}
-                probs_val = model.predict_normalized(np.stack([model.normalizer.apply(X[val][i:i + 1], b)[0] for i, b in
-                                                               enumerate(E.loo_baselines(X[val], m[val].labels, m[val].speakers)
-                                                                         if cfg.normalization == "enrolment" else [None] * int(val.sum()))]))[0]
                 val_variants = {"exp": E.expected_anchor(probs_val, model.labels, E.ANCHORS)}
                 for rname, params in reducers.items():
                     params = dict(params)

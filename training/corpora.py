@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import logging
 import math
 import re
@@ -33,11 +32,11 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from calibration.anchors import canonical_emotion
+from calibration.data import RAVDESS_EMOTIONS, RAVDESS_INTENSITY  # the file-name codes, defined once
 
 log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3", ".m4a", ".opus")
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -230,8 +229,6 @@ class _Collector:
 # ---------------------------------------------------------------------------------------
 # adapters
 
-RAVDESS_EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "06": "fearful",
-                    "07": "disgust", "08": "surprised"}
 _RAVDESS_NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
 
 
@@ -259,7 +256,7 @@ def load_ravdess(root: str | Path, *, include_song: bool = False, check_audio: b
             continue
         split = "test" if actor in test_speakers else "val" if actor in val_speakers else "train"
         col.add(path, RAVDESS_EMOTIONS[emo], actor, split=split,
-                intensity={"01": "normal", "02": "strong"}.get(intensity, intensity),
+                intensity=RAVDESS_INTENSITY.get(intensity, intensity),
                 gender="male" if int(actor) % 2 else "female", utterance=path.stem, sentence=statement)
     return col.done()
 
@@ -627,7 +624,3 @@ def with_folds(manifest: Manifest, folds: np.ndarray, test_fold: int, val_fold: 
             split = "test" if f == test_fold else "val" if val_fold is not None and f == val_fold else "train"
         items.append(replace(it, split=split))
     return Manifest(items, list(manifest.skipped))
-
-
-def save_summary(manifest: Manifest, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(manifest.summary(), indent=1))

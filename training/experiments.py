@@ -361,9 +361,7 @@ def run_protocol(X: np.ndarray, manifest: Manifest, protocol: str, settings: Set
 
 def embed_clips(model: FittedModel, X: np.ndarray, manifest: Manifest, normalization: str) -> np.ndarray:
     """Embeddings of clips, each with its speaker's leave-one-out enrolment baseline (as the runtime would)."""
-    bases = loo_baselines(X, manifest.labels, manifest.speakers) if normalization == "enrolment" else [None] * len(X)
-    xn = np.stack([model.normalizer.apply(X[i:i + 1], bases[i])[0] for i in range(len(X))])
-    return model.predict_normalized(xn)[1]
+    return predict_clips(model, X, manifest, normalization)[1]
 
 
 def fit_reducer_on(model: FittedModel, X: np.ndarray, manifest: Manifest, normalization: str,
@@ -475,24 +473,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-#: The issue's targets (protocol -> metric -> minimum).
-TARGETS = {
-    "speakers": {"uar": 0.55, "ccc_arousal": 0.80, "ccc_valence": 0.55, "intensity": 0.80},
-    "corpus:emovo": {"uar": 0.45, "ccc_arousal": 0.65, "ccc_valence": 0.35},
-    "corpus:ravdess": {"uar": 0.45},
-}
-MOOD_TARGET = 0.90
-
-
-def markdown_table(summary: dict) -> str:
-    """The model card's metrics table from a ``summarize`` result (mean ± sd, min-max, n)."""
-    lines = ["| protocol | metric | mean ± sd | min – max | n | target | met |", "|---|---|---:|---:|---:|---:|:---:|"]
-    for protocol, cols in summary.items():
-        for k, s in cols.items():
-            target = TARGETS.get(protocol, {}).get(k, MOOD_TARGET if k.startswith("mood_") else None)
-            met = "" if target is None else ("yes" if s["mean"] >= target else "no")
-            lines.append(f"| {protocol} | {k} | {s['mean']:.3f} ± {s['std']:.3f} | {s['min']:.3f} – {s['max']:.3f} | "
-                         f"{s['n']} | {'' if target is None else f'≥ {target:.2f}'} | {met} |")
-    return "\n".join(lines)

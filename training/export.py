@@ -58,11 +58,6 @@ def export_embeddings(path: str | Path, embeddings: np.ndarray, manifest, probab
     return path
 
 
-def load_embeddings(path: str | Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
-
-
 def fit_reducer(embeddings: np.ndarray, labels: Sequence[str], anchors: Any = "all", X_align: np.ndarray | None = None,
                 y_align: Sequence[str] | None = None, **params):
     """Fit the Stage II ``AnchoredReducer`` on embeddings with canonical labels.

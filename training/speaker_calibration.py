@@ -112,12 +112,8 @@ def fit_normalizer(features: np.ndarray, labels: Sequence[str], speakers: Sequen
     for spk, base in baselines.items():
         shifted[speakers == spk] += reference - base.mean
     normalizer.fit(shifted, labels)
-    out = np.empty_like(shifted, dtype=np.float32)
     # apply() adds reference_ - baseline; reference_ of the shifted data equals `reference` up to rounding
-    for spk in np.unique(speakers):
-        m = speakers == spk
-        out[m] = normalizer.apply(features[m], baselines.get(str(spk)))
-    return normalizer, out
+    return normalizer, normalize_speakers(normalizer, features, speakers, baselines)
 
 
 def normalize_speakers(normalizer: FeatureNormalizer, features: np.ndarray, speakers: Sequence[str],

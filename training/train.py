@@ -190,9 +190,12 @@ class Trainer:
         self.best_epoch = int(state["best_epoch"])
         self.bad_epochs = int(state["bad_epochs"])
         self.best_state = state["best_model"] or None
-        self.ema_state = state.get("ema_model") or None
+        self.ema_state = {k: v.to(self.device) for k, v in state["ema_model"].items()} if state.get("ema_model") else None
         self.history = json.loads(state["history"])
         return self.epoch
+
+    def _stopped_early(self) -> bool:
+        return self.bad_epochs >= self.config.patience and self.epoch >= self.config.min_epochs
 
     # ---- weight averaging --------------------------------------------------------------
     def _update_ema(self) -> None:
@@ -250,7 +253,8 @@ class Trainer:
                 (self.out_dir / METRICS_LOG).unlink()  # a fresh run starts a fresh log
         log_file = open(self.out_dir / METRICS_LOG, "a") if self.out_dir else None
         try:
-            while self.epoch < cfg.epochs and not (cfg.max_steps and self.step >= cfg.max_steps):
+            while self.epoch < cfg.epochs and not (cfg.max_steps and self.step >= cfg.max_steps) \
+                    and not self._stopped_early():  # a resumed run that had already stopped stays stopped
                 self.model.train()
                 t0 = time.time()
                 losses = []
@@ -299,7 +303,7 @@ class Trainer:
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
                 self.save_checkpoint()
-                if self.bad_epochs >= cfg.patience and self.epoch >= cfg.min_epochs:
+                if self._stopped_early():
                     log.info("early stop at epoch %d (best %d: %.4f)", self.epoch, self.best_epoch, self.best_score)
                     break
         finally:
@@ -511,12 +515,6 @@ def train_wavlm(backbone, train_items, val_items, labels: Sequence[str], config:
     seed_everything(config.seed)
     device = choose_device(config.device)
     backbone = backbone.to(device)
-    encoder_config = getattr(getattr(backbone, "encoder", None), "config", None)
-    if getattr(encoder_config, "layerdrop", 0.0):
-        # LayerDrop skips whole layers in training mode, so the hidden-state stack would be shorter
-        # than the learnable layer weights; the weighted-sum-of-layers method needs every layer.
-        log.info("disabling the checkpoint's layerdrop (%.2f) for layer-weighted training", encoder_config.layerdrop)
-        encoder_config.layerdrop = 0.0
     index = {c: i for i, c in enumerate(labels)}
     train_items, val_items = list(train_items), list(val_items or [])
     y_train = [index[it.label] for it in train_items]

@@ -135,14 +135,9 @@ class Collector:
 
 
 def vad_segments(session_wav: Path) -> list:
-    from monitor.segmenter import VadSegmenter
-    from monitor.sources import FileSource
+    from monitor.segmenter import segment_file
 
-    segmenter = VadSegmenter()
-    segments = []
-    for frame in FileSource(session_wav, realtime=False).frames():
-        segments += segmenter.push(frame)
-    return segments + segmenter.flush()
+    return segment_file(session_wav)
 
 
 def paired_latency(model, projector, session_wav: Path, segments: list, repeats: int = 2) -> dict:

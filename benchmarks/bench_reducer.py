@@ -174,13 +174,15 @@ def markdown_table(res: dict) -> str:
     return "\n".join(rows)
 
 
-def write_table(md_path: Path, table: str) -> None:
-    text = md_path.read_text() if md_path.is_file() else f"# Stage II reducer\n\n{START}\n{END}\n"
-    if START not in text or END not in text:
-        text += f"\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    md_path.write_text(f"{head}{START}\n{table}\n{END}{tail}")
+def write_marked_section(md_path: Path, body: str, start: str = START, end: str = END,
+                         title: str = "Stage II reducer") -> None:
+    """Replace what lies between the ``start`` and ``end`` markers of a markdown file (added when missing)."""
+    text = md_path.read_text() if md_path.is_file() else f"# {title}\n\n{start}\n{end}\n"
+    if start not in text or end not in text:
+        text += f"\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    md_path.write_text(f"{head}{start}\n{body}\n{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(res, indent=2) + "\n")
     table = markdown_table(res)
-    write_table(args.markdown, table)
+    write_marked_section(args.markdown, table)
     print(table)
 
 

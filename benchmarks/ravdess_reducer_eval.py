@@ -38,6 +38,7 @@ from calibration.anchors import ANCHOR_SETS  # noqa: E402
 from calibration.data import parse_ravdess_name  # noqa: E402
 from calibration.evaluate import draw_circumplex, evaluate_points, to_jsonable  # noqa: E402
 from calibration.reducer import AnchoredReducer  # noqa: E402
+from bench_reducer import write_marked_section  # noqa: E402
 from ravdess_features import DEFAULT_CACHE, DEFAULT_DATA, extract  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -193,15 +194,6 @@ def results_markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(md_path: Path, body: str) -> None:
-    text = md_path.read_text() if md_path.is_file() else f"# Stage II on RAVDESS\n\n{START}\n{END}\n"
-    if START not in text or END not in text:
-        text += f"\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    md_path.write_text(f"{head}{START}\n{body}\n{END}{tail}")
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA,
@@ -346,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     plt.close(fig)
 
     body = results_markdown(to_jsonable(res))
-    write_section(args.markdown, body)
+    write_marked_section(args.markdown, body, START, END, title="Stage II on RAVDESS")
     print(body)
 
 

@@ -32,6 +32,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from calibration.data import RAVDESS_EMOTIONS  # noqa: E402
 from monitor import report  # noqa: E402
 from monitor.aggregate import build_history  # noqa: E402
 from monitor.bundle import default_bundle_path, load_bundle  # noqa: E402
@@ -41,8 +42,6 @@ from monitor.projection import Projector  # noqa: E402
 from monitor.sources import FileSource  # noqa: E402
 from monitor.store import Store, StoreSink  # noqa: E402
 
-EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "06": "fearful",
-            "07": "disgust", "08": "surprised"}
 # Relative weight of each emotion at the start and the end of the fortnight (linear in between).
 EARLY = {"happy": 4, "calm": 3, "surprised": 2, "neutral": 2, "angry": 1, "sad": 0.3, "fearful": 0.3, "disgust": 0.3}
 LATE = {"happy": 0.3, "calm": 1, "surprised": 0.3, "neutral": 3, "angry": 0.5, "sad": 4, "fearful": 2, "disgust": 1}
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     actor_dir = args.ravdess / f"Actor_{int(args.actor):02d}"
     clips: dict[str, list[Path]] = {}
     for path in sorted(actor_dir.glob("*.wav")):
-        clips.setdefault(EMOTIONS[path.stem.split("-")[2]], []).append(path)
+        clips.setdefault(RAVDESS_EMOTIONS[path.stem.split("-")[2]], []).append(path)
     if not clips:
         raise SystemExit(f"no RAVDESS clips in {actor_dir}")
 

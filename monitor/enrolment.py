@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from calibration.speaker import SpeakerBaseline, enroll
-from monitor.segmenter import VadConfig, VadSegmenter
-from monitor.sources import FileSource
+from monitor.events import SAMPLE_RATE
+from monitor.segmenter import VadConfig, segment_file
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +30,7 @@ class EnrolmentError(ValueError):
 
 def enrolment_segments(path: str | Path, vad: VadConfig | None = None) -> list[np.ndarray]:
     """The recording's speech, cut exactly as a live session would cut it."""
-    vad = vad or VadConfig()
-    segmenter = VadSegmenter(vad)
-    segments = []
-    for frame in FileSource(path, frame_ms=vad.frame_ms, realtime=False).frames():
-        segments += segmenter.push(frame)
-    segments += segmenter.flush()
-    return [s.audio for s in segments]
+    return [s.audio for s in segment_file(path, vad)]
 
 
 def enroll_patient(store, patient_id: str, model, bundle, path: str | Path, vad: VadConfig | None = None) -> SpeakerBaseline:
@@ -47,7 +41,7 @@ def enroll_patient(store, patient_id: str, model, bundle, path: str | Path, vad:
             "enrolment baselines; enrolling would change nothing"
         )
     segments = enrolment_segments(path, vad)
-    seconds = sum(len(s) for s in segments) / 16_000
+    seconds = sum(len(s) for s in segments) / SAMPLE_RATE
     if seconds < MIN_SECONDS:
         raise EnrolmentError(
             f"{path} holds {seconds:.1f} s of speech; enrolment needs at least {MIN_SECONDS:.0f} s "

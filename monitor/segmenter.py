@@ -125,3 +125,15 @@ class VadSegmenter:
         self._next_index += 1
         self.speech_seconds += t_end - t_start
         return [segment]
+
+
+def segment_file(path, config: VadConfig | None = None) -> list[Segment]:
+    """A whole file's speech segments, cut exactly as a live session would cut them (enrolment, benchmarks)."""
+    from monitor.sources import FileSource
+
+    config = config or VadConfig()
+    segmenter = VadSegmenter(config)
+    segments: list[Segment] = []
+    for frame in FileSource(path, frame_ms=config.frame_ms, realtime=False).frames():
+        segments += segmenter.push(frame)
+    return segments + segmenter.flush()

@@ -308,6 +308,16 @@ class Store:
                 conn.execute("ROLLBACK")
             raise
 
+    def release_thread_connection(self) -> None:
+        """Close the calling thread's connection (a thread that is about to end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._lock:
+            self._all = [c for c in self._all if c is not conn]
+        conn.close()
+
     def close(self) -> None:
         """Close every thread's connection (checkpointing the WAL into the main file)."""
         with self._lock:
@@ -795,6 +805,7 @@ class StoreSink:
             if end is not None:
                 self._retry(lambda: store.end_session(sid, end))
         store.checkpoint()
+        store.release_thread_connection()  # this writer thread ends; a long-lived Store must not keep its connection
 
     def _retry(self, fn, attempts: int = 3):
         """Run a write, retrying briefly (a reader holding a lock, a full disk being cleared); False on failure."""

@@ -186,7 +186,10 @@ def run_sink(store: Store, sid: str, n: int, patient: str | None = "P1", keep_au
 
 def test_sink_stores_session_points_marks_and_a_clean_end(tmp_path):
     with Store.open(tmp_path / "m.sqlite") as store:
+        store.conn  # this thread's connection
         points = run_sink(store, "s1", 5)
+        run_sink(store, "s2", 1)
+        assert len(store._all) == 1  # each finished writer thread closed its own connection; ours is left
         row = store.session("s1")
         assert row.patient_id == "P1" and row.end_state == "clean" and row.ended_at is not None
         assert row.model_id == "test-model@1+abc" and row.labels == ["neutral", "happy", "sad", "angry"]

@@ -53,7 +53,7 @@ def session_clips(data_root: Path, n: int) -> list[Path]:
 
 
 def write_session(clips: list[Path], gap_s: float, path: Path, rotate: int = 0) -> float:
-    from monitor.audio_io import read_audio
+    from monitor.audio.io import read_audio
 
     order = clips[rotate:] + clips[:rotate]
     gap = np.zeros(int(gap_s * 16000), dtype=np.float32)
@@ -64,14 +64,14 @@ def write_session(clips: list[Path], gap_s: float, path: Path, rotate: int = 0) 
 
 def build(kind: str, precision: str):
     """(EmotionModel, Projector, description) for a benchmark model."""
-    from monitor.projection import Projector
+    from monitor.live.projection import Projector
 
     if kind == "default":
-        from monitor.bundle import load_bundle
-        from monitor.model import EmotionModel
+        from monitor.model.bundle import load_bundle
+        from monitor.model.emotion import EmotionModel
 
         bundle = load_bundle()
-        model = EmotionModel.from_bundle(bundle, device="cpu", precision=precision)
+        model = bundle.build_model(device="cpu", precision=precision)
         return model, Projector(bundle.reducer, bundle.labels), f"shipped default ({bundle.backbone.get('kind')})"
     if kind == "wavlm-base-plus":
         from transformers import WavLMConfig, WavLMModel
@@ -79,8 +79,9 @@ def build(kind: str, precision: str):
         from calibration.anchors import anchors_for
         from calibration.reducer import AnchoredReducer
         from calibration.speaker import FeatureNormalizer
-        from monitor.backbones import WavLMBackbone
-        from monitor.model import EmotionHead, EmotionModel
+        from monitor.model.wavlm import WavLMBackbone
+        from monitor.model.head import EmotionHead
+        from monitor.model.emotion import EmotionModel
 
         torch.manual_seed(0)
         backbone = WavLMBackbone(WavLMModel(WavLMConfig()).eval(), normalize_waveform=False, source="random WavLM Base+ config")
@@ -98,7 +99,7 @@ def build(kind: str, precision: str):
 
 def bare_forward_seconds(model, audio: np.ndarray, repeats: int = 3) -> float:
     """Median time of the backbone alone on one segment: the floor the pipeline is compared with."""
-    from monitor.backbones import WavLMBackbone
+    from monitor.model.wavlm import WavLMBackbone
 
     backbone = model.backbone
     times = []
@@ -135,7 +136,7 @@ class Collector:
 
 
 def vad_segments(session_wav: Path) -> list:
-    from monitor.segmenter import segment_file
+    from monitor.audio.segmenter import segment_file
 
     return segment_file(session_wav)
 
@@ -150,8 +151,8 @@ def paired_latency(model, projector, session_wav: Path, segments: list, repeats:
     """
     from dataclasses import replace
 
-    from monitor.pipeline import MonitorPipeline
-    from monitor.sources import FileSource
+    from monitor.live.pipeline import MonitorPipeline
+    from monitor.audio.sources import FileSource
 
     pipeline = MonitorPipeline(FileSource(session_wav, realtime=False), model, projector, sinks=[Collector()])
     pipeline.warm_up()
@@ -191,8 +192,8 @@ def paired_latency(model, projector, session_wav: Path, segments: list, repeats:
 
 def replay_latency(model, projector, session_wav: Path) -> dict:
     """The whole live path on a real-time replay: what a user sees."""
-    from monitor.pipeline import MonitorPipeline
-    from monitor.sources import FileSource
+    from monitor.live.pipeline import MonitorPipeline
+    from monitor.audio.sources import FileSource
 
     sink = Collector()
     summary = MonitorPipeline(FileSource(session_wav, realtime=True), model, projector, sinks=[sink]).run()
@@ -203,7 +204,7 @@ def replay_latency(model, projector, session_wav: Path) -> dict:
 
 def saturated_throughput(model, session_wav: Path, max_batch: int) -> dict:
     """All segments queued at once: seconds of speech embedded per wall second."""
-    from monitor.worker import EmbeddingWorker, WorkerConfig
+    from monitor.live.worker import EmbeddingWorker, WorkerConfig
 
     segments = vad_segments(session_wav)
     worker = EmbeddingWorker(model, WorkerConfig(max_batch=max_batch, queue_size=len(segments) + 1))
@@ -223,9 +224,9 @@ def saturated_throughput(model, session_wav: Path, max_batch: int) -> dict:
 
 def concurrent_streams(model, projector, wavs: list[Path], max_batch: int, max_wait_ms: float) -> dict:
     """N real-time streams share one worker; is the backlog bounded?"""
-    from monitor.segmenter import VadSegmenter
-    from monitor.sources import FileSource
-    from monitor.worker import EmbeddingWorker, WorkerConfig
+    from monitor.audio.segmenter import VadSegmenter
+    from monitor.audio.sources import FileSource
+    from monitor.live.worker import EmbeddingWorker, WorkerConfig
 
     worker = EmbeddingWorker(model, WorkerConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=256))
     max_depth = [0]

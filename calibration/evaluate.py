@@ -3,7 +3,8 @@
 Library: :func:`evaluate_points` (metrics of points already on the plane),
 :func:`evaluate_reducer` (transform embeddings, then score them),
 :func:`plot_circumplex`. CLI: ``python -m calibration.evaluate --help``; it
-scores a bundle on an exported-embedding file or on a folder of audio.
+scores a bundle's reducer on an exported-embedding file. Scoring a bundle on
+audio runs the Stage I model, a layer above: ``python -m training score``.
 
 Metrics (see ``calibration.metrics``): CCC against dimensional labels where
 the corpus has them; anchor agreement (CCC against the anchor of each true
@@ -16,7 +17,6 @@ Mahalanobis separation of class Gaussians.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -27,7 +27,7 @@ import numpy as np
 
 from calibration import metrics as M
 from calibration.anchors import get_anchor_set
-from monitor.jsonable import to_jsonable
+from calibration.jsonable import to_jsonable
 
 DEFAULT_OUT = Path("out") / "calibration-eval"
 
@@ -218,100 +218,20 @@ def summary_lines(result: dict) -> list[str]:
     return lines
 
 
-# ------------------------------------------------------------- audio folder
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
-
-
-def _read_manifest(path: Path, root: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or "path" not in rows[0] or "label" not in rows[0]:
-        raise ValueError(f"{path}: manifest needs a header with at least 'path' and 'label'")
-    for r in rows:
-        p = Path(r["path"])
-        r["path"] = str(p if p.is_absolute() else root / p)
-    return rows
-
-
-def _audio_rows(folder: Path, manifest: Path | None) -> list[dict[str, str]]:
-    """One dict per file: path, label and whatever else is known (speaker, sentence, ...)."""
-    from calibration.data import parse_ravdess_name
-
-    if manifest is not None:
-        return _read_manifest(manifest, folder)
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {folder}")
-    try:
-        return [{"path": str(p), **parse_ravdess_name(p)} for p in files]
-    except ValueError as e:
-        raise ValueError(f"{e}; for other corpora pass --manifest with path,label[,speaker,sentence,"
-                         "intensity,valence,arousal] columns") from None
-
-
-def embed_audio_folder(bundle: str | Path, folder: str | Path, manifest: str | Path | None = None,
-                       batch: int = 16) -> dict[str, np.ndarray]:
-    """Run the bundle's Stage I model over a folder; returns an exported-embedding dict.
-
-    Uses the runtime's ``monitor.model.EmotionModel`` (imported here so the
-    embeddings path needs no Stage I code).
-    """
-    from tqdm import tqdm
-
-    from calibration.data import check_embeddings
-    from monitor.audio_io import read_audio
-    from monitor.bundle import load_bundle
-    from monitor.model import EmotionModel
-
-    folder = Path(folder)
-    rows = _audio_rows(folder, Path(manifest) if manifest else None)
-    model = EmotionModel.from_bundle(load_bundle(bundle))
-    embs, probs = [], []
-    for s in tqdm(range(0, len(rows), batch), desc="embedding audio", unit="batch"):
-        waves = [read_audio(r["path"]) for r in rows[s:s + batch]]
-        e, p = model.embed_waveforms(waves)
-        embs.append(np.asarray(e, dtype=np.float32))
-        probs.append(np.asarray(p, dtype=np.float64))
-    n = len(rows)
-    col = lambda key, default="": np.asarray([r.get(key) or default for r in rows], dtype=str)  # noqa: E731
-    data = {
-        "embeddings": np.concatenate(embs),
-        "labels": col("label"),
-        "speakers": col("speaker", "unknown"),
-        "split": np.full(n, "test"),
-        "sentence": col("sentence"),
-        "intensity": col("intensity"),
-    }
-    classes = getattr(model, "labels", None)  # EmotionModel.labels: the head's class order
-    if classes is not None:
-        data["probs"] = np.concatenate(probs)
-        data["classes"] = np.asarray(list(classes), dtype=str)
-    for key in ("valence", "arousal"):
-        if any(r.get(key) not in (None, "") for r in rows):
-            data[key] = np.asarray([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows])
-    return check_embeddings(data, source=str(folder))
-
-
 # --------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m calibration.evaluate",
-        description="Score a model bundle's arousal-valence reducer: writes metrics.json and "
-                    "circumplex.png. Give either --embeddings (an exported .npz) or --audio (a folder).",
+        description="Score a model bundle's arousal-valence reducer on exported embeddings: writes metrics.json "
+                    "and circumplex.png. (To score a bundle on a folder of audio: python -m training score.)",
     )
     ap.add_argument("--bundle", type=Path, required=True,
-                    help="model bundle folder holding reducer.json + reducer.npz (and, for --audio, the Stage I model)")
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--embeddings", type=Path,
-                     help="exported-embedding .npz (embeddings, labels, speakers, split; optional valence, arousal, "
-                          "intensity, sentence, pred or probs/probabilities + classes)")
-    src.add_argument("--audio", type=Path,
-                     help="folder of audio files; labels from RAVDESS-style file names or from --manifest")
-    ap.add_argument("--manifest", type=Path, default=None,
-                    help="with --audio: CSV with columns path,label and optionally speaker,sentence,intensity,"
-                         "valence,arousal (paths relative to --audio)")
+                    help="model bundle folder holding reducer.json + reducer.npz")
+    ap.add_argument("--embeddings", type=Path, required=True,
+                    help="exported-embedding .npz (embeddings, labels, speakers, split; optional valence, arousal, "
+                         "intensity, sentence, pred or probs/probabilities + classes)")
     ap.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
-                    help="with --embeddings: which rows to score (default: test)")
+                    help="which rows to score (default: test)")
     ap.add_argument("--method", default="fast", choices=["fast", "umap"],
                     help="transform: fast (the streaming path, default) or umap (UMAP's own transform)")
     ap.add_argument("--anchors", default=None,
@@ -328,19 +248,19 @@ def main(argv: list[str] | None = None) -> int:
     from calibration.reducer import AnchoredReducer
 
     reducer = AnchoredReducer.load(args.bundle)
-    if args.embeddings is not None:
-        data = select_split(load_embeddings(args.embeddings), args.split)
-        source = f"{args.embeddings.name} [{args.split}]"
-    else:
-        if args.manifest is None and not args.audio.is_dir():
-            raise SystemExit(f"--audio: not a folder: {args.audio}")
-        data = embed_audio_folder(args.bundle, args.audio, args.manifest)
-        source = args.audio.name
-    anchors = {**dict(get_anchor_set(args.anchors or "all").anchors), **reducer.anchors_}
-    result, points = evaluate_reducer(reducer, data, method=args.method, anchors=anchors)
+    data = select_split(load_embeddings(args.embeddings), args.split)
+    source = f"{args.embeddings.name} [{args.split}]"
+    return report(reducer, data, source, args.anchors, args.method, args.out, args.title)
+
+
+def report(reducer, data: Mapping[str, np.ndarray], source: str, anchor_set: str | None, method: str,
+           out: Path, title: str | None) -> int:
+    """Score, write metrics.json + circumplex.png, print the summary (the CLIs' shared tail)."""
+    anchors = {**dict(get_anchor_set(anchor_set or "all").anchors), **reducer.anchors_}
+    result, points = evaluate_reducer(reducer, data, method=method, anchors=anchors)
     result["source"] = source
-    title = args.title or f"{source}, {args.method} transform, align={reducer.align}"
-    js, png = write_report(result, points, data["labels"], anchors, args.out, title)
+    title = title or f"{source}, {method} transform, align={reducer.align}"
+    js, png = write_report(result, points, data["labels"], anchors, out, title)
     for line in summary_lines(result):
         print(line)
     print(f"wrote {js} and {png}")

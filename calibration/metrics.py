@@ -278,3 +278,16 @@ def centroid_drift(points: np.ndarray, labels: Sequence[str], anchors: Mapping[s
     per = {c: float(np.hypot(*(m - np.asarray(anchors[c], dtype=np.float64))))
            for c, m in cents.items() if c in anchors}
     return {"per_class": per, "mean": float(np.mean(list(per.values()))) if per else float("nan")}
+
+
+def expected_anchor(probs: np.ndarray, class_labels: Sequence[str], anchors: Mapping[str, Sequence[float]]) -> np.ndarray:
+    """Probability-weighted mean of the class anchors: a reducer-free (valence, arousal) estimate."""
+    table = np.asarray([anchors[c] for c in class_labels], dtype=np.float64)
+    return np.asarray(probs, dtype=np.float64) @ table
+
+
+def restricted_predictions(probs: np.ndarray, class_labels: Sequence[str], allowed: Sequence[str]) -> np.ndarray:
+    """Arg-max over the classes in ``allowed`` only (a test corpus's own label set)."""
+    class_labels = list(class_labels)
+    cols = [class_labels.index(c) for c in allowed if c in class_labels]
+    return np.asarray([class_labels[c] for c in cols])[np.argmax(np.asarray(probs)[:, cols], axis=1)]

@@ -144,44 +144,113 @@ class FeatureNormalizer:
         return normalizer
 
 
-# ---- enrolment (library entry point; the CLI's --enroll uses the same) --------------------
-def split_for_enrolment(wave: np.ndarray, sample_rate: int = 16_000, segment_s: float = 4.0,
-                        min_segment_s: float = 1.0, silence_db: float = 35.0) -> list[np.ndarray]:
-    """Cut an enrolment recording into speech chunks like the ones the monitor embeds.
+# ---- training speakers: baselines from their neutral/calm clips ------------------------------
+# Training with ``normalization="enrolment"`` shifts each training speaker that has baseline speech
+# (neutral or calm clips: RAVDESS, EMOVO, EmoDB, ...) so that their baseline lands on the population's,
+# exactly as the runtime shifts an enrolled patient; speakers without such clips stay unshifted, as a
+# patient without an enrolment does.
 
-    Frames more than ``silence_db`` below the loudest frame are dropped, the
-    remaining speech is cut into consecutive ``segment_s`` chunks (a shorter
-    last chunk is kept when it is at least ``min_segment_s``).
+
+def enrolment_masks(labels: Sequence[str], speakers: Sequence[str],
+                    emotions: Sequence[str] = BASELINE_EMOTIONS) -> dict[str, np.ndarray]:
+    """speaker -> boolean mask of that speaker's baseline (enrolment) clips; speakers without any are absent."""
+    labels = np.asarray(labels)
+    speakers = np.asarray(speakers)
+    out = {}
+    for spk in np.unique(speakers):
+        mask = (speakers == spk) & np.isin(labels, list(emotions))
+        if mask.any():
+            out[str(spk)] = mask
+    return out
+
+
+def baselines_from_clips(features: np.ndarray, labels: Sequence[str], speakers: Sequence[str], model_id: str = "",
+                         emotions: Sequence[str] = BASELINE_EMOTIONS, seconds: Sequence[float] | None = None,
+                         ) -> dict[str, SpeakerBaseline]:
+    """One :class:`SpeakerBaseline` per speaker from the mean features of their neutral/calm clips."""
+    features = np.asarray(features, dtype=np.float64)
+    out = {}
+    for spk, mask in enrolment_masks(labels, speakers, emotions).items():
+        secs = float(np.sum(np.asarray(seconds)[mask])) if seconds is not None else 0.0
+        out[spk] = SpeakerBaseline(mean=features[mask].mean(axis=0), n_segments=int(mask.sum()), seconds=secs,
+                                   model_id=model_id, source="training corpus " + "/".join(emotions) + " clips")
+    return out
+
+
+def estimated_baselines(features: np.ndarray, labels: Sequence[str], speakers: Sequence[str],
+                        known: dict[str, SpeakerBaseline], emotions: Sequence[str] = BASELINE_EMOTIONS,
+                        ) -> dict[str, SpeakerBaseline]:
+    """Baselines for *training* speakers who have no neutral/calm clips (JL-Corpus), estimated from their other clips.
+
+    For such a speaker s, with the emotions E that s shares with the enrolled speakers:
+    baseline(s) = mean_{e in E} mean(s, e) - mean_t [mean_{e in E} mean(t, e) - baseline(t)], over the
+    enrolled speakers t that have every emotion in E. It is the speaker's own emotion-balanced mean, moved
+    by the average distance between that mean and the neutral/calm baseline of the enrolled speakers.
+    Training data only: a monitored patient is never re-centred on their own speech.
     """
-    wave = np.asarray(wave, dtype=np.float32).reshape(-1)
-    hop = int(0.02 * sample_rate)
-    n = len(wave) // hop
-    if n == 0:
-        return []
-    frames = wave[: n * hop].reshape(n, hop).astype(np.float64)
-    energy = 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-12)
-    speech = frames[energy > energy.max() - silence_db].reshape(-1).astype(np.float32)
-    size = int(segment_s * sample_rate)
-    chunks = [speech[i:i + size] for i in range(0, len(speech), size)]
-    return [c for c in chunks if len(c) >= int(min_segment_s * sample_rate)]
+    features = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels)
+    speakers = np.asarray(speakers)
+    out = {}
+    enrolled = [t for t in known if t in set(speakers.tolist())]
+    for spk in np.unique(speakers):
+        if str(spk) in known:
+            continue
+        mine = set(labels[(speakers == spk) & ~np.isin(labels, list(emotions))].tolist())
+        refs = [t for t in enrolled if mine & set(labels[speakers == t].tolist())]
+        common = sorted(set.intersection(mine, *[set(labels[speakers == t].tolist()) for t in refs])) if refs else []
+        if not common:
+            continue
+
+        def balanced_mean(who):
+            return np.mean([features[(speakers == who) & (labels == e)].mean(axis=0) for e in common], axis=0)
+
+        delta = np.mean([balanced_mean(t) - known[t].mean for t in refs], axis=0)
+        out[str(spk)] = SpeakerBaseline(mean=balanced_mean(spk) - delta, n_segments=int((speakers == spk).sum()),
+                                        seconds=0.0, model_id="", source="estimated from " + "/".join(common) + " clips")
+    return out
 
 
-def enroll(model, waves: Sequence[np.ndarray], model_id: str = "", source: str = "",
-           sample_rate: int = 16_000, segment_s: float = 4.0, split: bool = True) -> SpeakerBaseline:
-    """A speaker's baseline from enrolment audio (e.g. 30-60 s of calm reading at intake).
+def fit_normalizer(features: np.ndarray, labels: Sequence[str], speakers: Sequence[str], mode: str,
+                   estimate_missing: bool = False) -> tuple[FeatureNormalizer, np.ndarray]:
+    """Fit a :class:`FeatureNormalizer` on training features and return it with the normalised training features.
 
-    ``model`` is a ``monitor.model.EmotionModel`` (anything with
-    ``backbone_features(waves)``); ``waves`` are 16 kHz recordings, each cut
-    with :func:`split_for_enrolment`, or, with ``split=False``, speech segments
-    already cut the way the monitor cuts them (``monitor.enrolment`` does
-    this with the live VAD). The baseline is the mean of the raw backbone
-    features of the chunks: the same space ``FeatureNormalizer.apply`` shifts
-    in. Store it with the patient and pass it to every later session.
+    ``mode="enrolment"``: each speaker with baseline clips is shifted onto the
+    population reference (mean of all neutral/calm training clips) before the
+    population statistics are fitted, then normalised as the runtime would
+    normalise an enrolled speaker. ``estimate_missing`` also shifts training
+    speakers without such clips, by :func:`estimated_baselines`.
     """
-    chunks = [c for w in waves for c in (split_for_enrolment(w, sample_rate, segment_s) if split else [np.asarray(w)])]
-    if not chunks:
-        raise ValueError("enrolment audio holds no speech (at least 1 s is needed; 30-60 s is recommended)")
-    feats = model.backbone_features(chunks)
-    feats = feats.detach().float().cpu().numpy() if hasattr(feats, "detach") else np.asarray(feats, dtype=np.float64)
-    return SpeakerBaseline(mean=np.asarray(feats, dtype=np.float64).mean(axis=0), n_segments=len(chunks),
-                           seconds=float(sum(len(c) for c in chunks) / sample_rate), model_id=model_id, source=source)
+    features = np.asarray(features, dtype=np.float64)
+    normalizer = FeatureNormalizer(mode)
+    if mode == "none":
+        return normalizer, features.astype(np.float32)
+    if mode == "population":
+        normalizer.fit(features, labels)
+        return normalizer, normalizer.apply(features)
+    if mode != "enrolment":
+        raise ValueError(f"unknown normalization mode {mode!r}")
+    labels = np.asarray(labels)
+    is_base = np.isin(labels, list(BASELINE_EMOTIONS))
+    reference = features[is_base].mean(axis=0) if is_base.any() else features.mean(axis=0)
+    baselines = baselines_from_clips(features, labels, speakers)
+    if estimate_missing:
+        baselines.update(estimated_baselines(features, labels, speakers, baselines))
+    shifted = features.copy()
+    speakers = np.asarray(speakers)
+    for spk, base in baselines.items():
+        shifted[speakers == spk] += reference - base.mean
+    normalizer.fit(shifted, labels)
+    # apply() adds reference_ - baseline; reference_ of the shifted data equals `reference` up to rounding
+    return normalizer, normalize_speakers(normalizer, features, speakers, baselines)
+
+
+def normalize_speakers(normalizer: FeatureNormalizer, features: np.ndarray, speakers: Sequence[str],
+                       baselines: dict[str, SpeakerBaseline | np.ndarray] | None = None) -> np.ndarray:
+    """Apply the runtime normalisation to clips of several speakers, each with their own (optional) baseline."""
+    speakers = np.asarray(speakers)
+    out = np.empty(np.asarray(features).shape, dtype=np.float32)
+    for spk in np.unique(speakers):
+        m = speakers == spk
+        out[m] = normalizer.apply(np.asarray(features)[m], (baselines or {}).get(str(spk)))
+    return out

@@ -34,13 +34,13 @@ sys.path.insert(0, str(REPO))
 
 from calibration.data import RAVDESS_EMOTIONS  # noqa: E402
 from monitor import report  # noqa: E402
-from monitor.aggregate import build_history  # noqa: E402
-from monitor.bundle import default_bundle_path, load_bundle  # noqa: E402
-from monitor.events import SessionInfo  # noqa: E402
-from monitor.pipeline import MonitorConfig, MonitorPipeline  # noqa: E402
-from monitor.projection import Projector  # noqa: E402
-from monitor.sources import FileSource  # noqa: E402
-from monitor.store import Store, StoreSink  # noqa: E402
+from monitor.history.aggregate import build_history  # noqa: E402
+from monitor.model.bundle import default_bundle_path, load_bundle  # noqa: E402
+from monitor.live.events import SessionInfo  # noqa: E402
+from monitor.live.pipeline import MonitorConfig, MonitorPipeline  # noqa: E402
+from monitor.live.projection import Projector  # noqa: E402
+from monitor.audio.sources import FileSource  # noqa: E402
+from monitor.history.store import Store, StoreSink  # noqa: E402
 
 # Relative weight of each emotion at the start and the end of the fortnight (linear in between).
 EARLY = {"happy": 4, "calm": 3, "surprised": 2, "neutral": 2, "angry": 1, "sad": 0.3, "fearful": 0.3, "disgust": 0.3}
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("monitor.store").setLevel(logging.ERROR)  # no "created the store" chatter
+    logging.getLogger("monitor.history.store").setLevel(logging.ERROR)  # no "created the store" chatter
 
     actor_dir = args.ravdess / f"Actor_{int(args.actor):02d}"
     clips: dict[str, list[Path]] = {}
@@ -110,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         folder, model_note = model_folder(args.model, work)
-        from monitor.model import EmotionModel
+        from monitor.model.emotion import EmotionModel
 
         bundle = load_bundle(folder)
-        model = EmotionModel.from_bundle(bundle, device="cpu", precision="fp32")
+        model = bundle.build_model(device="cpu", precision="fp32")
         projector = Projector(bundle.reducer, bundle.labels)
         db = args.db or work / "example.sqlite"
         if db.exists():

@@ -11,9 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-from monitor.heatmap import HeatmapConfig
-from monitor.segmenter import VadConfig
-from monitor.worker import WorkerConfig
+from monitor.live.heatmap import HeatmapConfig
+from monitor.audio.segmenter import VadConfig
+from monitor.live.worker import WorkerConfig
 
 log = logging.getLogger("monitor")
 
@@ -118,7 +118,7 @@ def _configs(args) -> tuple[VadConfig, WorkerConfig, HeatmapConfig]:
 
 
 def _open_source(args, frame_ms: int):
-    from monitor.sources import FileSource, MicrophoneSource
+    from monitor.audio.sources import FileSource, MicrophoneSource
 
     if args.input:
         return FileSource(args.input, frame_ms=frame_ms, realtime=not args.fast)
@@ -160,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # weight-loading bars would clutter the session output
-    from monitor.audio_io import AudioInputError
-    from monitor.bundle import BundleError, load_bundle
-    from monitor.sources import list_devices
+    from monitor.audio.io import AudioInputError
+    from monitor.model.bundle import BundleError, load_bundle
+    from monitor.audio.sources import list_devices
 
     if args.list_devices:
         try:
@@ -181,13 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.enroll and args.no_store:
         parser.error("--enroll keeps the baseline in the store; it cannot be used with --no-store")
 
-    from monitor.backbones import BackboneLoadError
-    from monitor.enrolment import EnrolmentError, enroll_patient, stored_baseline
-    from monitor.events import SessionInfo
-    from monitor.model import EmotionModel, choose_device
-    from monitor.outputs import JsonlSink
-    from monitor.pipeline import MonitorConfig, MonitorPipeline, OutputStartError, new_session_id
-    from monitor.projection import Projector
+    from monitor.model.base import BackboneLoadError
+    from monitor.audio.segmenter import segment_file
+    from monitor.model.enrolment import EnrolmentError, enroll
+    from monitor.live.events import SessionInfo
+    from monitor.model.emotion import EmotionModel, choose_device
+    from monitor.live.outputs import JsonlSink
+    from monitor.live.pipeline import MonitorConfig, MonitorPipeline, OutputStartError, new_session_id
+    from monitor.live.projection import Projector
 
     if args.threads:
         import torch
@@ -198,20 +199,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bundle = load_bundle(args.model)
         device = choose_device(worker_cfg.device)
-        model = EmotionModel.from_bundle(bundle, device=str(device), precision=worker_cfg.precision)
+        model = bundle.build_model(device=str(device), precision=worker_cfg.precision)
         projector = Projector(bundle.reducer, bundle.labels)
         if not args.no_store:
-            from monitor.store import Store, default_db_path
+            from monitor.history.store import Store, default_db_path
 
             store = Store.open(args.db or default_db_path(args.data_dir))
         if args.enroll:
-            baseline = enroll_patient(store, args.patient, model, bundle, args.enroll, vad)
+            segments = [s.audio for s in segment_file(args.enroll, vad)]
+            baseline = enroll(model, segments, model_id=bundle.model_id, source=Path(args.enroll).name)
+            store.set_baseline(args.patient, baseline.to_json(), bundle.model_id)
             print(f"patient {args.patient} enrolled from {baseline.seconds:.0f} s of speech; later sessions "
                   f"with --patient {args.patient} use this baseline", file=sys.stderr)
             if not args.input:
                 return EXIT_OK
         elif args.patient and store is not None and model.normalizer.mode == "enrolment":
-            baseline = stored_baseline(store, args.patient, bundle)
+            baseline = store.current_baseline(args.patient, bundle.model_id)
         source = _open_source(args, vad.frame_ms)
     except (AudioInputError, BundleError, BackboneLoadError, EnrolmentError, RuntimeError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -234,12 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.jsonl:
         sinks.append(JsonlSink(args.jsonl))
     if store is not None:
-        from monitor.store import StoreSink
+        from monitor.history.store import StoreSink
 
         sinks.append(StoreSink(store, patient_id=args.patient, keep_audio=args.keep_audio))
     server = None
     if not args.no_dashboard:
-        from monitor.server import DashboardServer, ServerConfig
+        from monitor.serve.server import DashboardServer, ServerConfig
 
         server = DashboardServer(ServerConfig(host=args.host, port=args.port, token=args.token,
                                               certfile=args.certfile, keyfile=args.keyfile, linger_s=args.linger),

@@ -14,9 +14,11 @@ import torch
 
 from calibration.anchors import anchors_for
 from calibration.speaker import FeatureNormalizer
-from monitor.backbones import EgemapsBackbone, WavLMBackbone
-from monitor.bundle import ModelBundle
-from monitor.model import EmotionHead, EmotionModel
+from monitor.model.egemaps import EgemapsBackbone
+from monitor.model.wavlm import WavLMBackbone
+from monitor.model.bundle import ModelBundle
+from monitor.model.head import EmotionHead
+from monitor.model.emotion import EmotionModel
 
 LABELS = ("neutral", "happy", "sad", "angry")
 

@@ -9,12 +9,10 @@ from datetime import date, datetime, timezone
 import numpy as np
 import pytest
 
-from monitor.aggregate import (AggregateConfig, build_history, cells, dispersion, grid_entropy, heatmap_grid,
-                               history_json, period_metrics, point_weights, quadrant_shares, series, session_summary,
-                               weighted_mean_ci)
-from monitor.events import Point, SessionInfo
-from monitor.heatmap import cell_of
-from monitor.store import Store
+from monitor.history.aggregate import AggregateConfig, build_history, cells, dispersion, grid_entropy, heatmap_grid, history_json, period_metrics, point_weights, quadrant_shares, series, session_summary, weighted_mean_ci
+from monitor.live.events import Point, SessionInfo
+from monitor.live.heatmap import cell_of
+from monitor.history.store import Store
 
 
 # ---- pure functions -------------------------------------------------------------------------

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from monitor.audio_io import AudioInputError, AudioStats, read_audio
-from monitor.events import SAMPLE_RATE
-from monitor.sources import FileSource, FrameChunker
+from monitor.audio.io import AudioInputError, AudioStats, read_audio
+from monitor.model.base import SAMPLE_RATE
+from monitor.audio.sources import FileSource, FrameChunker
 from tests.synth import voiced
 
 

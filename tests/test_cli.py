@@ -111,7 +111,7 @@ def test_ctrl_c_ends_the_session_gracefully(ravdess_clips, tiny_bundle, tmp_path
     import signal
     import time
 
-    from monitor.audio_io import read_audio
+    from monitor.audio.io import read_audio
 
     long_audio = np.concatenate([read_audio(c) for c in ravdess_clips[:8]])
     path = tmp_path / "long.wav"
@@ -149,7 +149,7 @@ def test_busy_dashboard_port_is_a_setup_error(tmp_path, tiny_bundle, capsys):
     err = capsys.readouterr().err
     assert "--port" in err
     assert not out.exists() or out.read_text() == ""  # no output was written to
-    from monitor.store import open_existing
+    from monitor.history.store import open_existing
 
     if (tmp_path / "store.sqlite").exists():  # the store may exist, but it recorded no session
         with open_existing(tmp_path / "store.sqlite") as store:

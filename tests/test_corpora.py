@@ -30,7 +30,7 @@ from training.corpora import (
     speaker_folds,
     with_folds,
 )
-from training.features import load_audio
+from monitor.audio.io import read_audio
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -67,7 +67,7 @@ def test_emovo_real_clips():
     test_speakers = set(m.speakers[m.splits == "test"])
     assert test_speakers == {"emovo:f3", "emovo:m3"}
     assert not test_speakers & set(m.speakers[m.splits == "train"])
-    wave = load_audio(item.path)
+    wave = read_audio(item.path)
     assert wave.dtype == np.float32 and wave.ndim == 1 and len(wave) > 16000
 
 
@@ -199,7 +199,7 @@ def test_emodb_and_cremad_synthetic_names(tmp_path):
     assert sorted(m.labels) == sorted(["angry", "disgust", "fearful", "happy", "neutral", "sad"])
     assert any("XYZ" in r for _, r in m.skipped)
     assert (m.splits == "test").sum() == 2 and (m.splits == "val").sum() == 1
-    assert len(load_audio(m[0].path)) == pytest.approx(0.3 * 16000, abs=2)
+    assert len(read_audio(m[0].path)) == pytest.approx(0.3 * 16000, abs=2)
 
 
 def test_broken_and_odd_files_are_reported_not_silently_dropped(tmp_path, caplog):
@@ -217,7 +217,7 @@ def test_broken_and_odd_files_are_reported_not_silently_dropped(tmp_path, caplog
     assert "does not match" in reasons["notes.wav"]
     assert "3 files skipped" in m.report()
     assert any("skipped" in rec.message for rec in caplog.records)
-    stereo = load_audio(next(it.path for it in m if it.label == "angry"))
+    stereo = read_audio(next(it.path for it in m if it.label == "angry"))
     assert stereo.ndim == 1 and len(stereo) == pytest.approx(0.3 * 16000, abs=2)
 
 

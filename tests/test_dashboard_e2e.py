@@ -168,7 +168,7 @@ def test_live_dashboard_end_to_end(playwright_api, session_wav, tiny_bundle, tmp
 
         # Connected, and the hello is shown.
         wait_until(page, "document.getElementById('conn').dataset.state === 'live'", 20, "a live connection")
-        from monitor.bundle import load_bundle
+        from monitor.model.bundle import load_bundle
 
         assert load_bundle(bundle).model_id in page.inner_text("#session-info")
 
@@ -260,12 +260,12 @@ def test_live_dashboard_end_to_end(playwright_api, session_wav, tiny_bundle, tmp
 
 
 def test_history_view(playwright_api, tmp_path):
-    """The History tab draws a patient's real aggregated history: a temporary store, monitor.aggregate, the endpoint."""
-    store_mod = pytest.importorskip("monitor.store", reason="monitor.store is not available")
-    pytest.importorskip("monitor.aggregate", reason="monitor.aggregate is not available")
-    from monitor.events import Point, SessionInfo
-    from monitor.heatmap import RollingHeatmap
-    from monitor.server import DashboardServer, ServerConfig
+    """The History tab draws a patient's real aggregated history: a temporary store, monitor.history.aggregate, the endpoint."""
+    store_mod = pytest.importorskip("monitor.history.store", reason="monitor.history.store is not available")
+    pytest.importorskip("monitor.history.aggregate", reason="monitor.history.aggregate is not available")
+    from monitor.live.events import Point, SessionInfo
+    from monitor.live.heatmap import RollingHeatmap
+    from monitor.serve.server import DashboardServer, ServerConfig
 
     def info(sid: str, started: float) -> SessionInfo:
         return SessionInfo(session_id=sid, started_at=started, model_id="m@1", model_version="1", device="cpu",

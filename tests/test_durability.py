@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor.store import Store
+from monitor.history.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.name != "posix", reason="needs SIGKILL")]
@@ -126,18 +126,18 @@ def test_pipeline_to_store_in_process_with_kept_audio(tmp_path, tiny_bundle, rav
     """The library path the example report uses: FileSource -> MonitorPipeline -> StoreSink (+ JSONL)."""
     import soundfile as sf
 
-    from monitor.bundle import load_bundle
-    from monitor.events import SessionInfo
-    from monitor.model import EmotionModel
-    from monitor.outputs import JsonlSink
-    from monitor.pipeline import MonitorPipeline, new_session_id
-    from monitor.projection import Projector
-    from monitor.sources import FileSource
-    from monitor.store import StoreSink
+    from monitor.model.bundle import load_bundle
+    from monitor.live.events import SessionInfo
+    from monitor.model.emotion import EmotionModel
+    from monitor.live.outputs import JsonlSink
+    from monitor.live.pipeline import MonitorPipeline, new_session_id
+    from monitor.live.projection import Projector
+    from monitor.audio.sources import FileSource
+    from monitor.history.store import StoreSink
 
     wav = long_recording(ravdess_clips, tmp_path / "short.wav", n=3)
     bundle = load_bundle(tiny_bundle)
-    model = EmotionModel.from_bundle(bundle, device="cpu", precision="fp32")
+    model = bundle.build_model(device="cpu", precision="fp32")
     session = SessionInfo(session_id=new_session_id(), started_at=time.time(), model_id=bundle.model_id,
                           model_version=bundle.version, device="cpu", labels=tuple(bundle.labels), source="test")
     with Store.open(tmp_path / "m.sqlite") as store:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from monitor.audio_io import read_audio
+from monitor.audio.io import read_audio
 from monitor.cli import EXIT_OK, EXIT_SETUP, main
-from monitor.store import Store
+from monitor.history.store import Store
 
 
 @pytest.fixture(scope="module")

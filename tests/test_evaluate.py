@@ -142,37 +142,24 @@ def test_cli_help(module):
     assert "umap" in out.stdout.lower()
 
 
-def test_audio_folder_uses_the_runtime_model_api(tmp_path, monkeypatch):
-    """The --audio path against the documented runtime API, with a stand-in model."""
-    sf = pytest.importorskip("soundfile")
+def test_audio_folder_runs_the_runtime_model_over_resampled_files(tmp_path):
+    """``python -m training score``'s audio path: real files (8 kHz, resampled) through a real bundle's model."""
+    import soundfile as sf
+
+    from tests.bundles import egemaps_bundle
+    from training.evaluate_audio import embed_audio_folder
+
     audio = tmp_path / "audio" / "Actor_01"
     audio.mkdir(parents=True)
     names = ["03-01-05-01-01-01-01.wav", "03-01-05-02-01-01-01.wav", "03-01-04-01-02-01-01.wav"]
+    rng = np.random.default_rng(0)
     for i, name in enumerate(names):
-        sf.write(audio / name, (0.1 * np.sin(np.arange(8000 * (i + 1)) / 10)).astype(np.float32), 8000)
-    seen = {}
-
-    class FakeModel:
-        labels = ("angry", "sad")
-
-        @classmethod
-        def from_bundle(cls, bundle):
-            seen["bundle"] = bundle
-            return cls()
-
-        def embed_waveforms(self, waves):
-            seen["lengths"] = [len(w) for w in waves]
-            seen["dtypes"] = {w.dtype for w in waves}
-            return np.ones((len(waves), 4), np.float32), np.tile([0.9, 0.1], (len(waves), 1))
-
-    monkeypatch.setitem(sys.modules, "monitor.bundle", types.SimpleNamespace(load_bundle=lambda p: ("loaded", p)))
-    monkeypatch.setitem(sys.modules, "monitor.model", types.SimpleNamespace(EmotionModel=FakeModel))
-    data = E.embed_audio_folder("my-bundle", tmp_path / "audio")
-    assert seen["bundle"] == ("loaded", "my-bundle")
-    # files in sorted order; 8 kHz audio resampled to 16 kHz float32
-    assert seen["lengths"] == [48000, 16000, 32000]
-    assert seen["dtypes"] == {np.dtype(np.float32)}
-    assert data["labels"].tolist() == ["sad", "angry", "angry"]
+        sf.write(audio / name, (0.1 * rng.standard_normal(8000 * (i + 1))).astype(np.float32), 8000)
+    bundle = egemaps_bundle(tmp_path / "bundle")
+    data = embed_audio_folder(bundle, tmp_path / "audio")
+    assert data["embeddings"].shape == (3, 100) and np.isfinite(data["embeddings"]).all()
+    assert data["labels"].tolist() == ["sad", "angry", "angry"]  # files in sorted order
     assert data["intensity"].tolist() == ["normal", "normal", "strong"]
-    assert data["classes"].tolist() == ["angry", "sad"]
+    assert data["classes"].tolist() == ["neutral", "happy", "sad", "angry"]
+    np.testing.assert_allclose(data["probs"].sum(axis=1), 1.0, rtol=1e-5)
     assert parse_ravdess_name(names[1])["speaker"] == "actor01"

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from monitor.heatmap import HeatmapConfig, RollingHeatmap, cell_of
+from monitor.live.heatmap import HeatmapConfig, RollingHeatmap, cell_of
 
 
 def test_cell_of_corners_and_centre():

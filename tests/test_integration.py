@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from monitor.audio_io import read_audio
-from monitor.bundle import load_bundle
-from monitor.events import SAMPLE_RATE
-from monitor.heatmap import HeatmapConfig
-from monitor.model import EmotionModel
-from monitor.pipeline import MonitorConfig, MonitorPipeline
-from monitor.projection import Projector
-from monitor.sources import FileSource
+from monitor.audio.io import read_audio
+from monitor.model.bundle import load_bundle
+from monitor.model.base import SAMPLE_RATE
+from monitor.live.heatmap import HeatmapConfig
+from monitor.model.emotion import EmotionModel
+from monitor.live.pipeline import MonitorConfig, MonitorPipeline
+from monitor.live.projection import Projector
+from monitor.audio.sources import FileSource
 from tests.test_pipeline import ListSink
 
 
@@ -56,7 +56,7 @@ def session_file(ravdess_dir, tmp_path_factory):
 def test_segments_match_the_speech_in_real_clips(session_file, tiny_bundle):
     path, spans, gaps = session_file
     bundle = load_bundle(tiny_bundle)
-    model = EmotionModel.from_bundle(bundle, device="cpu")
+    model = bundle.build_model(device="cpu")
     sink = ListSink()
     config = MonitorConfig(heatmap=HeatmapConfig(mode="window", window_s=3600, smoothing_sigma=0))
     pipeline = MonitorPipeline(FileSource(path, realtime=False), model, Projector(bundle.reducer, bundle.labels),

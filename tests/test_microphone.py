@@ -10,8 +10,8 @@ import types
 import numpy as np
 import pytest
 
-from monitor.audio_io import AudioInputError
-from monitor.sources import MicrophoneSource, import_sounddevice, list_devices
+from monitor.audio.io import AudioInputError
+from monitor.audio.sources import MicrophoneSource, import_sounddevice, list_devices
 from tests.synth import voiced
 
 

@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from monitor.backbones import BackboneLoadError, EgemapsBackbone, WavLMBackbone, build_backbone
-from monitor.bundle import BundleError, load_bundle
-from monitor.model import EmotionModel, autocast_dtype, choose_device
+from monitor.model.base import BackboneLoadError
+from monitor.model.egemaps import EgemapsBackbone
+from monitor.model.wavlm import WavLMBackbone
+from monitor.model.backbones import build_backbone
+from monitor.model.bundle import BundleError, load_bundle
+from monitor.model.emotion import EmotionModel, autocast_dtype, choose_device
 from tests.bundles import tiny_wavlm_config, tiny_wavlm_model
 from tests.synth import voiced
 
@@ -105,7 +108,7 @@ def test_missing_and_corrupt_weights_name_the_path(tmp_path, saved_wavlm, monkey
 
 def test_bundle_round_trip_gives_identical_outputs(tiny_bundle, tmp_path):
     bundle = load_bundle(tiny_bundle)
-    model = EmotionModel.from_bundle(bundle, device="cpu")
+    model = bundle.build_model(device="cpu")
     waves = [voiced(1.0, seed=4), voiced(2.2, seed=5)]
     emb, probs = model.embed_waveforms(waves)
     assert emb.shape == (2, 100) and probs.shape == (2, 4)
@@ -114,7 +117,7 @@ def test_bundle_round_trip_gives_identical_outputs(tiny_bundle, tmp_path):
     copy = tmp_path / "copy"
     bundle.save(copy)  # re-save from a loaded bundle (backbone folder is carried over)
     again = load_bundle(copy)
-    emb2, probs2 = EmotionModel.from_bundle(again, device="cpu").embed_waveforms(waves)
+    emb2, probs2 = again.build_model(device="cpu").embed_waveforms(waves)
     np.testing.assert_array_equal(emb, emb2)
     np.testing.assert_array_equal(probs, probs2)
     np.testing.assert_array_equal(bundle.reducer.transform(emb), again.reducer.transform(emb))
@@ -129,8 +132,8 @@ def test_model_id_changes_with_anything_that_moves_a_point(tmp_path):
     import dataclasses
 
     from calibration.speaker import FeatureNormalizer
-    from monitor.bundle import ModelBundle
-    from monitor.model import EmotionHead
+    from monitor.model.bundle import ModelBundle
+    from monitor.model.head import EmotionHead
     from tests.bundles import LABELS, anchors_for, synthetic_reducer
 
     backbone = EgemapsBackbone()
@@ -146,7 +149,7 @@ def test_model_id_changes_with_anything_that_moves_a_point(tmp_path):
     loaded = load_bundle(tmp_path / "b")
     assert loaded.model_id == bundle.model_id  # a round trip keeps it
     x = rng.normal(size=(3, 88)).astype(np.float32)
-    np.testing.assert_array_equal(EmotionModel.from_bundle(loaded, device="cpu").embed_features(x)[0],
+    np.testing.assert_array_equal(loaded.build_model(device="cpu").embed_features(x)[0],
                                   model.embed_features(x)[0])  # the encoder came back, not a linear head
 
     other_reducer = dataclasses.replace(bundle, reducer=synthetic_reducer(seed=1))
@@ -217,8 +220,8 @@ def test_device_choice_and_mixed_precision_paths(tiny_bundle, monkeypatch):
     with pytest.raises(ValueError):
         autocast_dtype(torch.device("cpu"), "int4")
     # The autocast branch itself, run on the CPU in bf16: same answer as fp32 within bf16 precision.
-    fp32 = EmotionModel.from_bundle(tiny_bundle, device="cpu", precision="fp32")
-    bf16 = EmotionModel.from_bundle(tiny_bundle, device="cpu", precision="bf16")
+    fp32 = load_bundle(tiny_bundle).build_model(device="cpu", precision="fp32")
+    bf16 = load_bundle(tiny_bundle).build_model(device="cpu", precision="bf16")
     waves = [voiced(1.0)]
     e32, p32 = fp32.embed_waveforms(waves)
     e16, p16 = bf16.embed_waveforms(waves)
@@ -228,7 +231,7 @@ def test_device_choice_and_mixed_precision_paths(tiny_bundle, monkeypatch):
 
 
 def test_egemaps_backbone_on_real_clips(ravdess_clips):
-    from monitor.audio_io import read_audio
+    from monitor.audio.io import read_audio
 
     backbone = EgemapsBackbone()
     feats = backbone.features([read_audio(p) for p in ravdess_clips[:3]])
@@ -241,8 +244,8 @@ def test_egemaps_backbone_on_real_clips(ravdess_clips):
 
 
 def test_int8_cpu_path_stays_close_to_fp32(tiny_bundle):
-    fp32 = EmotionModel.from_bundle(tiny_bundle, device="cpu", precision="fp32")
-    int8 = EmotionModel.from_bundle(tiny_bundle, device="cpu", precision="int8")
+    fp32 = load_bundle(tiny_bundle).build_model(device="cpu", precision="fp32")
+    int8 = load_bundle(tiny_bundle).build_model(device="cpu", precision="int8")
     quantized = [m for m in int8.backbone.encoder.modules() if "quantized" in type(m).__module__]
     assert quantized, "no layer was quantised"
     waves = [voiced(1.2, seed=7)]

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from monitor.events import SAMPLE_RATE
-from monitor.heatmap import HeatmapConfig
-from monitor.pipeline import MonitorConfig, MonitorPipeline
-from monitor.projection import Projector
-from monitor.segmenter import VadConfig
-from monitor.sources import FileSource
+from monitor.model.base import SAMPLE_RATE
+from monitor.live.heatmap import HeatmapConfig
+from monitor.live.pipeline import MonitorConfig, MonitorPipeline
+from monitor.live.projection import Projector
+from monitor.audio.segmenter import VadConfig
+from monitor.audio.sources import FileSource
 from tests.synth import speech_timeline
 
 LABELS = ("neutral", "happy", "sad")

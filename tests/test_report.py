@@ -9,10 +9,10 @@ from datetime import date, datetime, timezone
 import numpy as np
 import pytest
 
-from monitor import report
-from monitor.aggregate import build_history
-from monitor.events import Point, SessionInfo
-from monitor.store import Store
+from monitor.history import report
+from monitor.history.aggregate import build_history
+from monitor.live.events import Point, SessionInfo
+from monitor.history.store import Store
 
 FROM, TO = "2024-03-01", "2024-03-10"
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitor.audio_io import to_int16
-from monitor.events import SAMPLE_RATE, AudioFrame
-from monitor.segmenter import VadConfig, VadSegmenter
+from monitor.audio.io import to_int16
+from monitor.model.base import SAMPLE_RATE
+from monitor.audio.frames import AudioFrame
+from monitor.audio.segmenter import VadConfig, VadSegmenter
 from tests.synth import speech_timeline
 
 

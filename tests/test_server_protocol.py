@@ -30,10 +30,10 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from monitor import protocol
-from monitor.events import Mark, Point, SessionInfo, Status
-from monitor.heatmap import HeatmapConfig, RollingHeatmap
-from monitor.server import DashboardServer, ServerConfig
+from monitor.serve import protocol
+from monitor.live.events import Mark, Point, SessionInfo, Status
+from monitor.live.heatmap import HeatmapConfig, RollingHeatmap
+from monitor.serve.server import DashboardServer, ServerConfig
 
 TOKEN = "test-token-123"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
@@ -201,7 +201,7 @@ def test_foreign_host_header_is_refused_on_a_loopback_bind(make_server):
 
 
 def test_non_loopback_bind_warns(make_server, caplog):
-    with caplog.at_level("WARNING", logger="monitor.server"):
+    with caplog.at_level("WARNING", logger="monitor.serve.server"):
         make_server(host="0.0.0.0")
     assert any("0.0.0.0" in r.getMessage() and "not encrypted" in r.getMessage() for r in caplog.records)
 
@@ -255,6 +255,10 @@ def test_hello_and_snapshot_bring_a_late_client_in_sync(make_server):
     assert hello["session"]["id"] == SESSION.session_id and hello["session"]["patient_id"] == "p-007"
     assert hello["model"] == {"id": "tiny@test", "version": "test"} and hello["device"] == "cpu"
     assert hello["controls"] is True and hello["history"] is False
+    # the page applies the server's one quadrant rule (calibration.quadrants), sent here
+    from calibration.quadrants import NEUTRAL_RADIUS, QUADRANT_NAMES
+
+    assert hello["circumplex"] == {"neutral_radius": NEUTRAL_RADIUS, "quadrants": QUADRANT_NAMES}
     assert [p["index"] for p in snap["points"]] == list(range(5)) and snap["points_total"] == 5
     assert snap["points"][2]["valence"] == pytest.approx(-0.1)
     assert [m["text"] for m in snap["marks"]] == ["topic: sleep"]
@@ -661,8 +665,8 @@ def test_history_endpoint(make_server, monkeypatch):
             raise LookupError(patient_id)
         return {"patient": patient_id, "days": [], "sessions": [], "scale_max": float("nan")}
 
-    # The real monitor.aggregate is another module's job; the endpoint only needs history_json from it.
-    monkeypatch.setitem(sys.modules, "monitor.aggregate", types.SimpleNamespace(history_json=fake_history_json))
+    # The real monitor.history.aggregate is another module's job; the endpoint only needs history_json from it.
+    monkeypatch.setitem(sys.modules, "monitor.history.aggregate", types.SimpleNamespace(history_json=fake_history_json))
     no_store = make_server()
     status, headers, body = http_get(no_store, f"/api/history?patient=p1&token={TOKEN}")
     assert status == 404 and "no store" in json.loads(body)["error"]
@@ -695,24 +699,15 @@ def test_heatmap_encoding_round_trip():
     assert empty["max"] == 0.0 and not protocol.decode_heatmap(empty).any()
 
 
-def test_quadrants_and_summary():
-    assert protocol.quadrant(0.05, 0.05) == "neutral"
-    assert protocol.quadrant(0.5, 0.5) == "high_arousal_positive"
-    assert protocol.quadrant(-0.5, 0.5) == "high_arousal_negative"
-    assert protocol.quadrant(-0.5, -0.5) == "low_arousal_negative"
-    assert protocol.quadrant(0.5, -0.5) == "low_arousal_positive"
-    # the live rule is the history's rule, ties and the neutral radius included
-    from monitor.aggregate import quadrant_shares
+def test_live_summary_counts_quadrants_by_the_one_rule():
+    from calibration.quadrants import quadrant
 
-    r = protocol.NEUTRAL_RADIUS
-    for v, a in [(0.0, 0.0), (r, 0.0), (r * 0.99, 0.0), (0.0, -r), (0.5, 0.0), (0.0, 0.5), (-0.5, 0.0), (0.0, -0.5),
-                 (-0.3, 0.3), (0.3, -0.3)]:
-        shares = quadrant_shares([v], [a], [1.0], r)
-        assert shares[protocol.quadrant(v, a)] == 1.0, (v, a)
     s = protocol.SessionSummary()
     s.add(0.5, 0.5, 3.0)
     s.add(-0.5, -0.5, 1.0)
+    s.add(0.05, 0.05, 0.0)  # a zero-length point: counted, weightless
     d = s.to_dict()
+    assert quadrant(0.05, 0.05) == "neutral" and d["points"] == 3
     assert d["mean_valence"] == pytest.approx(0.25) and d["speech_seconds"] == 4.0
     assert d["quadrant_share"]["high_arousal_positive"] == 0.75 and sum(d["quadrant_share"].values()) == 1.0
 
@@ -770,8 +765,9 @@ def test_every_message_is_documented_with_an_example_matching_the_server(make_se
 
 
 def test_live_summary_agrees_with_the_history_aggregation():
-    """The dashboard's live summary and monitor.aggregate's daily metrics must define tone the same way."""
-    aggregate = pytest.importorskip("monitor.aggregate", reason="monitor.aggregate is not available")
+    """The dashboard's live summary and monitor.history.aggregate's daily metrics must define tone the same way."""
+    from monitor.history import aggregate
+
     rng = np.random.default_rng(3)
     v, a = rng.uniform(-1, 1, 300), rng.uniform(-1, 1, 300)
     v[:30], a[:30] = rng.uniform(-0.15, 0.15, 30), rng.uniform(-0.15, 0.15, 30)  # some near the centre

@@ -17,13 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration.speaker import FeatureNormalizer, SpeakerBaseline, enroll, split_for_enrolment
-from training.speaker_calibration import (
-    baselines_from_clips,
-    fit_normalizer,
-    persistent_mood_scores,
-    replay_sessions,
-)
+from calibration.speaker import FeatureNormalizer, SpeakerBaseline, baselines_from_clips, estimated_baselines, fit_normalizer
+from monitor.audio.segmenter import segment_signal
+from monitor.model.enrolment import enroll
+from training.mood import persistent_mood_scores, replay_sessions
 
 from tests.conftest import corpus_dir
 
@@ -33,11 +30,11 @@ HELD_OUT = {"ravdess": ("19", "20"), "emovo": ("m3",)}
 
 @pytest.fixture(scope="module")
 def default_model():
-    from monitor.bundle import default_bundle_path, load_bundle
-    from monitor.model import EmotionModel
+    from monitor.model.bundle import default_bundle_path, load_bundle
+    from monitor.model.emotion import EmotionModel
 
     bundle = load_bundle(default_bundle_path())
-    return bundle, EmotionModel.from_bundle(bundle, device="cpu")
+    return bundle, bundle.build_model(device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +90,6 @@ def test_enrolment_training_shift_matches_the_runtime_shift():
 
 
 def test_training_speakers_without_neutral_clips_get_an_estimated_baseline_only_when_asked():
-    from training.speaker_calibration import estimated_baselines
 
     rng = np.random.default_rng(1)
     emotion_shift = {"neutral": 0.0, "happy": 1.0, "sad": -0.5, "angry": 2.0, "excited": 1.5}
@@ -116,31 +112,23 @@ def test_training_speakers_without_neutral_clips_get_an_estimated_baseline_only_
     assert np.abs(plain[(labels == "happy") & jl].mean(axis=0) - ref).min() > 0.5
 
 
-def test_split_for_enrolment_drops_silence_and_cuts_chunks():
-    t = np.arange(16000 * 10) / 16000
-    speech = 0.3 * np.sin(2 * np.pi * 150 * t)
-    wave = np.concatenate([np.zeros(16000 * 3), speech, np.zeros(16000 * 2)]).astype(np.float32)
-    chunks = split_for_enrolment(wave, segment_s=4.0)
-    assert [round(len(c) / 16000, 1) for c in chunks] == [4.0, 4.0, 2.0]
-    assert split_for_enrolment(np.zeros(1000, np.float32)) == []
-
-
 # ------------------------------------------------------------------------------ enrolment storage
 
 
 def test_enrolment_is_stored_with_the_patient_and_reused_across_two_sessions(tmp_path, default_model, held_out_clips):
-    from monitor.store import Store
+    from monitor.history.store import Store
 
-    from training.features import load_audio
+    from monitor.audio.io import read_audio
 
     bundle, model = default_model
     _, manifest = held_out_clips
     spk = manifest.speakers == "ravdess:20"
     calm = np.flatnonzero(spk & np.isin(manifest.labels, ["neutral", "calm"]))
     sad = np.flatnonzero(spk & (manifest.labels == "sad"))
-    waves = {i: load_audio(manifest[i].path) for i in np.concatenate([calm, sad])}
+    waves = {i: read_audio(manifest[i].path) for i in np.concatenate([calm, sad])}
     enrolment_audio = np.concatenate([waves[i] for i in calm])  # one intake recording of calm speech
-    baseline = enroll(model, [enrolment_audio], model_id=bundle.model_id, source="intake reading")
+    segments = [s.audio for s in segment_signal(enrolment_audio)]  # cut by the live VAD, as --enroll does
+    baseline = enroll(model, segments, model_id=bundle.model_id, source="intake reading")
     assert baseline.n_segments >= 2 and baseline.seconds > 5 and baseline.mean.shape == (model.backbone.feature_dim,)
 
     db = tmp_path / "monitor.sqlite"
@@ -165,7 +153,8 @@ def test_enrolment_is_stored_with_the_patient_and_reused_across_two_sessions(tmp
     # ... is tied to the model it was made with, and is replaceable (the old one is kept as history)
     store = Store.open(db)
     assert store.get_baseline("P-17", "some-other-model@1") is None
-    other = enroll(model, [np.concatenate([waves[i] for i in calm[:3]])], model_id=bundle.model_id)
+    other = enroll(model, [s.audio for s in segment_signal(np.concatenate([waves[i] for i in calm[:3]]))],
+                   model_id=bundle.model_id, min_seconds=0.0)
     store.set_baseline("P-17", other.to_json(), bundle.model_id)
     np.testing.assert_allclose(SpeakerBaseline.from_json(store.get_baseline("P-17", bundle.model_id)).mean, other.mean)
     assert len(store.baseline_history("P-17")) == 2
@@ -194,9 +183,9 @@ def test_persistent_mood_keeps_uar_and_ccc_and_self_normalisation_fails(default_
     bundle, model = default_model
     feats, manifest = held_out_clips
     # the cached features are the runtime backbone's features
-    from training.features import load_audio
+    from monitor.audio.io import read_audio
 
-    np.testing.assert_allclose(model.backbone_features([load_audio(manifest[0].path)]).numpy()[0], feats[0], rtol=1e-5)
+    np.testing.assert_allclose(model.backbone_features([read_audio(manifest[0].path)]).numpy()[0], feats[0], rtol=1e-5)
     assert bundle.normalizer.mode == "enrolment"
     anchors = dict(bundle.anchors)
     predict = _runtime_predict(bundle, model)

@@ -14,9 +14,9 @@ import time
 import numpy as np
 import pytest
 
-from monitor import data as data_cli
-from monitor.events import Mark, Point, SessionInfo
-from monitor.store import (MIGRATIONS, SCHEMA_VERSION, Store, StoreError, StoreSink, default_db_path)
+from monitor.history import data as data_cli
+from monitor.live.events import Mark, Point, SessionInfo
+from monitor.history.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError, StoreSink, default_db_path
 
 # The schema as first released (version 1), frozen here so the migration test starts from
 # what real v1 files contain even if someone edits monitor/store.py.
@@ -311,7 +311,7 @@ def test_concurrent_readers_while_the_sink_writes(tmp_path):
         assert not errors and store.session("s").points == 100
 
 
-# ---- export and delete (python -m monitor.data) ---------------------------------------
+# ---- export and delete (python -m monitor.history.data) ---------------------------------------
 def fill(path):
     with Store.open(path) as store:
         run_sink(store, "a1", 3, patient="ALPHA-7731")

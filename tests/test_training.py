@@ -112,8 +112,8 @@ def test_loss_selection_keeps_the_epoch_with_the_lowest_validation_loss_and_ema_
 
 def test_head_with_an_mlp_encoder_and_mixup_learns_and_round_trips_through_a_bundle(tmp_path):
     from calibration.speaker import FeatureNormalizer
-    from monitor.bundle import load_bundle
-    from monitor.model import EmotionHead
+    from monitor.model.bundle import load_bundle
+    from monitor.model.head import EmotionHead
     from training.export import make_bundle
 
     X, y = _blobs()
@@ -141,7 +141,7 @@ def test_head_with_an_mlp_encoder_and_mixup_learns_and_round_trips_through_a_bun
 
 
 def test_head_without_hidden_dims_is_the_linear_head_of_older_bundles():
-    from monitor.model import EmotionHead
+    from monitor.model.head import EmotionHead
 
     old_config = {"input_dim": 12, "n_classes": 3, "embedding_dim": 100, "dropout": 0.2}  # no hidden_dims field
     head = EmotionHead(**old_config)
@@ -213,7 +213,7 @@ def test_resuming_a_run_that_stopped_early_trains_no_more(tmp_path):
 
 
 def test_device_selection_and_amp_code_path_on_cpu():
-    from monitor.model import autocast_dtype, choose_device
+    from monitor.model.emotion import autocast_dtype, choose_device
 
     if not torch.cuda.is_available():
         assert choose_device("auto").type == "cpu"
@@ -243,11 +243,11 @@ def _real_subset(n_per_speaker=16):
 
 @pytest.mark.slow
 def test_egemaps_build_command_on_real_clips_gives_a_bundle_the_monitor_loads(tmp_path):
-    from monitor.bundle import load_bundle
-    from monitor.model import EmotionModel
+    from monitor.model.bundle import load_bundle
+    from monitor.model.emotion import EmotionModel
     from training.__main__ import main
     from calibration.data import load_embeddings
-    from training.features import load_audio
+    from monitor.audio.io import read_audio
 
     subset = _real_subset()
     rows = [{"path": it.path, "label": it.label, "speaker": it.speaker.split(":")[1],
@@ -271,7 +271,7 @@ def test_egemaps_build_command_on_real_clips_gives_a_bundle_the_monitor_loads(tm
     assert meta["provenance"]["corpora"]["clips"]["clips"] == len(rows)
     assert rows[0]["path"] not in (out / "bundle.json").read_text()  # no clip paths in the bundle
     bundle = load_bundle(out)
-    model = EmotionModel.from_bundle(bundle, device="cpu")
+    model = bundle.build_model(device="cpu")
     exported = load_embeddings(out / "embeddings.npz")
     assert exported["embeddings"].shape == (len(rows), 100)
     assert set(exported["split"]) == {"train", "val"}
@@ -283,7 +283,7 @@ def test_egemaps_build_command_on_real_clips_gives_a_bundle_the_monitor_loads(tm
     result, _ = evaluate_reducer(bundle.reducer, exported)
     assert result["intensity"] is not None and result["intensity"]["n_pairs"] > 0
     # the runtime path on the same waveform gives the exported training embedding
-    emb, probs = model.embed_waveforms([load_audio(rows[0]["path"])])
+    emb, probs = model.embed_waveforms([read_audio(rows[0]["path"])])
     np.testing.assert_allclose(emb[0], exported["embeddings"][0], rtol=1e-4, atol=1e-4)
     points = bundle.reducer.transform(emb)
     assert points.shape == (1, 2) and np.all(np.abs(points) <= 1.0)
@@ -326,10 +326,10 @@ def _synthetic_corpus(folder: Path, n_per_class: int = 10) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("finetune,precision", [("transformer", "bf16"), ("frozen", "fp32")])
 def test_tiny_wavlm_end_to_end_into_a_bundle_the_monitor_loads(tmp_path, finetune, precision):
-    from monitor.bundle import load_bundle
-    from monitor.model import EmotionModel
+    from monitor.model.bundle import load_bundle
+    from monitor.model.emotion import EmotionModel
     from training.__main__ import main
-    from training.features import load_audio
+    from monitor.audio.io import read_audio
 
     source = _tiny_wavlm(tmp_path / "tiny-wavlm")
     corpus = _synthetic_corpus(tmp_path)
@@ -343,7 +343,7 @@ def test_tiny_wavlm_end_to_end_into_a_bundle_the_monitor_loads(tmp_path, finetun
     meta = json.loads((out / "bundle.json").read_text())
     assert meta["backbone"]["kind"] == "wavlm" and meta["backbone"]["source"] == "bundle:backbone"
     assert (out / "backbone" / "config.json").is_file()
-    model = EmotionModel.from_bundle(load_bundle(out), device="cpu")
+    model = load_bundle(out).build_model(device="cpu")
     # the trained layer weights and the fine-tuned encoder came back
     state = torch.load(out / "checkpoint.pt", weights_only=True)["best_model"]
     torch.testing.assert_close(model.backbone.layer_logits.detach(), state["backbone.layer_logits"])
@@ -358,7 +358,7 @@ def test_tiny_wavlm_end_to_end_into_a_bundle_the_monitor_loads(tmp_path, finetun
     cnn_key = next(k for k in state if "feature_extractor.conv_layers.0.conv.weight" in k)
     orig_cnn = next(k for k in original if k.endswith("feature_extractor.conv_layers.0.conv.weight"))
     torch.testing.assert_close(state[cnn_key], original[orig_cnn])  # the CNN encoder is always frozen
-    waves = [load_audio(p) for p in sorted(tmp_path.glob("*_0.wav"))]
+    waves = [read_audio(p) for p in sorted(tmp_path.glob("*_0.wav"))]
     emb, probs = model.embed_waveforms(waves)
     assert emb.shape == (3, 100) and np.all(np.isfinite(emb)) and probs.shape == (3, 3)
     points = load_bundle(out).reducer.transform(emb)

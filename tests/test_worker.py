@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from monitor.events import Segment
-from monitor.worker import EmbeddingWorker, WorkerConfig
+from monitor.audio.frames import Segment
+from monitor.live.worker import EmbeddingWorker, WorkerConfig
 
 
 class RecordingModel:

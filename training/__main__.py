@@ -276,8 +276,8 @@ def _evaluate_metrics(args, X, manifest, settings, X_aug) -> dict:
 def _build_features(args, manifest, settings, out: Path, work: Path) -> int:
     from training.experiments import ANCHORS, FittedModel, predict_clips
     from training.export import export_embeddings, fit_reducer, make_bundle, provenance
-    from training.metrics import anchor_ccc, uar
-    from training.speaker_calibration import baselines_from_clips, fit_normalizer, normalize_speakers
+    from calibration.metrics import anchor_agreement, uar
+    from calibration.speaker import baselines_from_clips, fit_normalizer, normalize_speakers
     from training.train import TrainConfig, train_head
 
     import torch
@@ -323,7 +323,7 @@ def _build_features(args, manifest, settings, out: Path, work: Path) -> int:
     points = reducer.transform(emb[val])
     val_metrics = {"val_uar": uar(manifest.labels[val][keep], np.asarray(labels)[probs[val][keep].argmax(1)]),
                    "val_best_epoch": result.best_epoch, "temperature": result.temperature,
-                   **{f"val_ccc_{k}": v for k, v in anchor_ccc(points, manifest.labels[val], ANCHORS).items()}}
+                   **{f"val_ccc_{k}": v for k, v in anchor_agreement(points, manifest.labels[val], ANCHORS).items()}}
     metrics = {"validation": val_metrics}
     if args.evaluate:
         metrics["held_out"] = _evaluate_metrics(args, X, manifest, settings, X_aug)
@@ -347,7 +347,7 @@ def _build_features(args, manifest, settings, out: Path, work: Path) -> int:
 
 
 def _build_wavlm(args, manifest, settings, out: Path, work: Path) -> int:
-    from monitor.backbones import WavLMBackbone
+    from monitor.model.wavlm import WavLMBackbone
     from training.augment import Augmentation
     from training.export import export_embeddings, fit_reducer, make_bundle, provenance
     from training.train import TrainConfig, frozen_features, train_wavlm

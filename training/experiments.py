@@ -43,8 +43,10 @@ import numpy as np
 from calibration.anchors import get_anchor_set
 from calibration.speaker import BASELINE_EMOTIONS
 from training.corpora import ANCHOR_SET_OF, Manifest, load_corpora, speaker_folds
-from training.metrics import anchor_ccc, boundary_share, expected_anchor, intensity_check, restricted_predictions, uar, weighted_accuracy
-from training.speaker_calibration import fit_normalizer, persistent_mood_scores, replay_sessions
+from calibration.metrics import (anchor_agreement, boundary_share, expected_anchor, intensity_check, restricted_predictions, uar,
+                                 weighted_accuracy)
+from calibration.speaker import baselines_from_clips, fit_normalizer, normalize_speakers
+from training.mood import persistent_mood_scores, replay_sessions
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +162,6 @@ def fit_model(X: np.ndarray, manifest: Manifest, settings: Settings, val_mask: n
     Xtrain, ytrain, ctrain = [Xn], [y], [corpora]
     for Xa in X_aug or []:
         # augmented copies, normalised with the same speaker shifts (their clean enrolment baselines)
-        from training.speaker_calibration import baselines_from_clips, normalize_speakers
-
         if settings.normalization == "enrolment":
             # enrolled in the same conditions: the baseline of an augmented copy is the mean of the
             # speaker's augmented neutral/calm clips (a patient enrols in the room they are monitored in)
@@ -174,8 +174,6 @@ def fit_model(X: np.ndarray, manifest: Manifest, settings: Settings, val_mask: n
     Xtr, ytr, ctr = np.concatenate(Xtrain), np.concatenate(ytrain), np.concatenate(ctrain)
     Xv = yv = None
     if val_mask.any():
-        from training.speaker_calibration import baselines_from_clips, normalize_speakers
-
         base = baselines_from_clips(X[val_mask], labels_all[val_mask], manifest.speakers[val_mask]) \
             if settings.normalization == "enrolment" else {}
         keep = np.isin(labels_all[val_mask], classes)
@@ -254,7 +252,7 @@ def score(model: FittedModel, probs: np.ndarray, points: np.ndarray, manifest: M
            "uar_unrestricted": uar(labels, np.asarray(model.labels)[np.argmax(probs, axis=1)])}
     if not np.array_equal(truth, labels):
         out["uar_strict"] = uar(labels, pred)
-    ccc = anchor_ccc(points, labels, ANCHORS)
+    ccc = anchor_agreement(points, labels, ANCHORS)
     out["ccc_valence"], out["ccc_arousal"] = ccc["valence"], ccc["arousal"]
     out["boundary"] = boundary_share(points)
     known = np.isin(labels, model.labels)

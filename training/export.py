@@ -4,7 +4,7 @@
 labels, speakers, corpus, split, keys, intensity, sentence; all plain arrays,
 ``allow_pickle=False`` readable, so ``python -m calibration.evaluate`` can run
 the intensity check on it). ``fit_reducer`` fits ``calibration.reducer.AnchoredReducer`` on
-them. ``make_bundle`` assembles a ``monitor.bundle.ModelBundle`` (head +
+them. ``make_bundle`` assembles a ``monitor.model.bundle.ModelBundle`` (head +
 fitted reducer + normalisation + metrics + provenance).
 """
 
@@ -108,9 +108,9 @@ def provenance(manifest, config: dict, command: Sequence[str] | None = None, ext
 def make_bundle(*, backbone_spec: dict, labels: Sequence[str], head, normalizer, reducer=None, anchor_set: str = "all",
                 name: str = "model", version: str = "1", provenance: dict | None = None, metrics: dict | None = None,
                 layer_logits=None, encoder=None):
-    """A ``monitor.bundle.ModelBundle`` from trained parts."""
+    """A ``monitor.model.bundle.ModelBundle`` from trained parts."""
     from calibration.anchors import get_anchor_set
-    from monitor.bundle import ModelBundle
+    from monitor.model.bundle import ModelBundle
 
     head_state = {f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     if layer_logits is not None:

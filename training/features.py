@@ -1,9 +1,10 @@
-"""Audio loading and pooled-feature extraction with an on-disk cache.
+"""Pooled-feature extraction with an on-disk cache.
 
-``load_audio`` reads anything soundfile reads (any rate, any channel count),
-mixes to mono and resamples to 16 kHz. ``extract`` computes one feature vector
+Audio is read by the live monitor's own reader (``monitor.audio.io.read_audio``:
+any rate, any channel count, repaired NaN/inf and clipping), so training sees
+what the monitor sees. ``extract`` computes one feature vector
 per manifest item with a featurizer (openSMILE functionals or any
-``monitor.backbones.Backbone``) and caches the results in ``.npz`` files
+``monitor.model.base.Backbone``) and caches the results in ``.npz`` files
 (``allow_pickle=False``) keyed by clip, file size and augmentation, so a second
 run is free. Files that fail to load are reported and returned in ``failed``;
 the caller drops them (never silently: the trainer logs them).
@@ -20,31 +21,18 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from monitor.audio.io import read_audio
+from monitor.model.base import SAMPLE_RATE
+from monitor.model.egemaps import EgemapsBackbone
 from training.augment import Augmentation
 from training.corpora import Manifest
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
+#: Bump when the audio reading or the features change: cached entries of older versions are recomputed.
+CACHE_VERSION = 2
 DEFAULT_CACHE = Path(".cache") / "features"
 FEATURE_SETS = ("eGeMAPSv02", "ComParE_2016")
-
-
-def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Mono float32 at ``target_sr`` from any file soundfile reads."""
-    import soundfile as sf
-
-    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    if data.shape[0] == 0:
-        raise ValueError("empty audio")
-    wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    if sr != target_sr:
-        import soxr
-
-        wave = soxr.resample(wave, sr, target_sr)
-    if not np.all(np.isfinite(wave)):
-        raise ValueError("non-finite samples")
-    return np.ascontiguousarray(wave, dtype=np.float32)
 
 
 def trim_silence(wave: np.ndarray, top_db: float = 35.0, frame: int = 400, hop: int = 160, pad_s: float = 0.1) -> np.ndarray:
@@ -64,33 +52,8 @@ def trim_silence(wave: np.ndarray, top_db: float = 35.0, frame: int = 400, hop: 
     return wave[start:end]
 
 
-class OpenSmileFeaturizer:
-    """openSMILE functionals (eGeMAPSv02, ComParE_2016, ...) of 16 kHz waveforms."""
-
-    def __init__(self, feature_set: str = "eGeMAPSv02"):
-        import opensmile
-
-        self.feature_set = feature_set
-        self._smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, feature_set),
-                                      feature_level=opensmile.FeatureLevel.Functionals)
-        self.feature_names = list(self._smile.feature_names)
-        self.feature_dim = len(self.feature_names)
-
-    @property
-    def name(self) -> str:
-        return self.feature_set
-
-    def __call__(self, waves: Sequence[np.ndarray]) -> np.ndarray:
-        out = np.zeros((len(waves), self.feature_dim), dtype=np.float32)
-        for i, wave in enumerate(waves):
-            values = self._smile.process_signal(np.asarray(wave, dtype=np.float32), SAMPLE_RATE).to_numpy(dtype=np.float64)[0]
-            # as monitor.backbones.EgemapsBackbone: openSMILE gives NaN for some functionals of unvoiced input
-            out[i] = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-        return out
-
-
 class BackboneFeaturizer:
-    """Wraps a ``monitor.backbones.Backbone`` (its ``features`` method) as a featurizer."""
+    """Wraps a ``monitor.model.base.Backbone`` (its ``features`` method) as a featurizer."""
 
     def __init__(self, backbone, name: str | None = None, batch_size: int = 8):
         self.backbone = backbone
@@ -114,15 +77,10 @@ class BackboneFeaturizer:
         return np.concatenate(out, axis=0).astype(np.float32) if out else np.zeros((0, self.feature_dim), np.float32)
 
 
-def make_featurizer(feature_set: str = "eGeMAPSv02"):
-    """The featurizer the runtime uses for ``feature_set``: the project's EgemapsBackbone when it exists
-    (so training and runtime features are computed by the same code), else openSMILE directly."""
-    try:
-        from monitor.backbones import EgemapsBackbone  # type: ignore
-
-        return BackboneFeaturizer(EgemapsBackbone(feature_set=feature_set), name=feature_set)
-    except ImportError:
-        return OpenSmileFeaturizer(feature_set)
+def make_featurizer(feature_set: str = "eGeMAPSv02") -> "BackboneFeaturizer":
+    """The featurizer the runtime uses for ``feature_set``: the project's one openSMILE wrapper
+    (``EgemapsBackbone``), so training and runtime features are computed by the same code."""
+    return BackboneFeaturizer(EgemapsBackbone(feature_set=feature_set), name=feature_set)
 
 
 @dataclass
@@ -140,7 +98,7 @@ def _entry_id(item, extra: str) -> str:
         size = os.path.getsize(item.path)
     except OSError:
         size = -1
-    return hashlib.sha1(f"{item.key}|{size}|{extra}".encode()).hexdigest()[:20]
+    return hashlib.sha1(f"{item.key}|{size}|{extra}|v{CACHE_VERSION}".encode()).hexdigest()[:20]
 
 
 class FeatureCache:
@@ -190,7 +148,7 @@ def extract(manifest: Manifest, featurizer: Callable | None = None, *, feature_s
         for n, i in enumerate(bar, 1):
             item = manifest[i]
             try:
-                wave = load_audio(item.path)
+                wave = read_audio(item.path)
                 if trim:
                     wave = trim_silence(wave)
                 if augmentation is not None:

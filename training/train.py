@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from calibration.metrics import uar
+from monitor.audio.io import read_audio
 from training.sampling import BalancedSampler, sample_weights
 
 log = logging.getLogger(__name__)
@@ -91,12 +93,6 @@ def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _uar(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    from training.metrics import uar
-
-    return uar(y_true, y_pred)
-
-
 @dataclass
 class TrainResult:
     best_epoch: int
@@ -119,7 +115,7 @@ class Trainer:
     def __init__(self, model: nn.Module, param_groups: list[dict], config: TrainConfig, device: torch.device,
                  steps_per_epoch: int, out_dir: str | Path | None = None, sampler: BalancedSampler | None = None,
                  label_names: Sequence[str] = ()):
-        from monitor.model import autocast_dtype
+        from monitor.model.emotion import autocast_dtype
 
         self.model = model
         self.config = config
@@ -234,7 +230,7 @@ class Trainer:
         logits = logits.float()
         loss = float(nn.functional.cross_entropy(logits, targets).item()) if len(targets) else float("nan")
         pred = logits.argmax(dim=1).cpu().numpy()
-        score = _uar(targets.cpu().numpy(), pred) if len(targets) else float("nan")
+        score = uar(targets.cpu().numpy(), pred) if len(targets) else float("nan")
         return {"val_loss": loss, "val_uar": score}
 
     def fit(self, batches: Callable[[int], Iterable[tuple[Any, torch.Tensor]]],
@@ -358,7 +354,8 @@ def train_head(X_train: np.ndarray, y_train: np.ndarray, labels: Sequence[str], 
     Returns ``(head, TrainResult)``; the head is on the CPU in eval mode with its
     temperature fitted on the validation set when ``config.calibrate_temperature``.
     """
-    from monitor.model import EmotionHead, choose_device
+    from monitor.model.head import EmotionHead
+    from monitor.model.emotion import choose_device
 
     seed_everything(config.seed)
     device = choose_device(config.device)
@@ -439,9 +436,7 @@ class WaveDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        from training.features import load_audio
-
-        wave = load_audio(self.paths[i])
+        wave = read_audio(self.paths[i])
         if self.train and self.augmentation is not None:
             wave = self.augmentation(wave, f"{self.keys[i]}#{self.epoch}")
         if self.max_len and len(wave) > self.max_len:
@@ -507,7 +502,8 @@ def train_wavlm(backbone, train_items, val_items, labels: Sequence[str], config:
     ``(backbone, head, normalizer, TrainResult)``.
     """
     from calibration.speaker import FeatureNormalizer
-    from monitor.model import EmotionHead, choose_device
+    from monitor.model.head import EmotionHead
+    from monitor.model.emotion import choose_device
 
     if normalization not in ("none", "population"):
         raise ValueError("the end-to-end wavlm path supports normalization 'none' or 'population' "

@@ -16,8 +16,9 @@ from typing import Iterator
 
 import numpy as np
 
-from monitor.audio_io import AudioInputError, AudioStats, iter_audio_blocks, sanitize, to_int16
-from monitor.events import SAMPLE_RATE, AudioFrame
+from monitor.audio.io import AudioInputError, AudioStats, iter_audio_blocks, sanitize, to_int16
+from monitor.model.base import SAMPLE_RATE
+from monitor.audio.frames import AudioFrame
 
 log = logging.getLogger(__name__)
 

@@ -25,13 +25,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from calibration.jsonable import to_jsonable
+from calibration.reducer import AnchoredReducer
 from calibration.speaker import FeatureNormalizer
-from monitor.jsonable import to_jsonable
+from monitor.model.backbones import build_backbone
+from monitor.model.emotion import EmotionModel, choose_device
+from monitor.model.head import EmotionHead
+from monitor.model.wavlm import WavLMBackbone
 
 BUNDLE_FORMAT = "mood-monitor-bundle"
 BUNDLE_VERSION = 1
 BACKBONE_DIR = "backbone"
-DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default_model"
+#: The bundles shipped with the package, by name; "default" is the one the monitor runs without --model.
+SHIPPED_BUNDLES = {"egemaps": Path(__file__).resolve().parent / "bundles" / "egemaps"}
+DEFAULT_MODEL = "egemaps"
 
 
 class BundleError(RuntimeError):
@@ -39,8 +46,17 @@ class BundleError(RuntimeError):
 
 
 def default_bundle_path() -> Path:
-    """The bundle shipped with the package (trained on the shared corpora, non-commercial)."""
-    return DEFAULT_BUNDLE
+    """The bundle shipped with the package as the default (trained on the shared corpora, non-commercial)."""
+    return SHIPPED_BUNDLES[DEFAULT_MODEL]
+
+
+def resolve_bundle(name_or_path: str | Path | None = None) -> Path:
+    """A shipped bundle's name ("default", "egemaps", ...) or a folder -> the bundle's folder."""
+    if name_or_path is None or str(name_or_path) == "default":
+        return default_bundle_path()
+    if isinstance(name_or_path, str) and name_or_path in SHIPPED_BUNDLES:
+        return SHIPPED_BUNDLES[name_or_path]
+    return Path(name_or_path)
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -102,8 +118,6 @@ class ModelBundle:
         ``embed_backbone=True`` stores the encoder's weights inside the bundle
         (needed after fine-tuning, or for an encoder that is not on a hub).
         """
-        from monitor.backbones import WavLMBackbone
-
         head = model.head
         head_state = {f"head.{k}": v.detach().cpu().clone() for k, v in head.state_dict().items()}
         spec = dict(model.backbone.spec())
@@ -123,10 +137,12 @@ class ModelBundle:
         )
 
     # ---- building the runtime model ---------------------------------------------------
-    def build_model(self, precision: str = "auto"):
-        from monitor.backbones import WavLMBackbone, build_backbone
-        from monitor.model import EmotionHead, EmotionModel
+    def build_model(self, device: str = "auto", precision: str = "auto") -> EmotionModel:
+        """The runtime model on ``device`` (auto: CUDA when present), in eval mode.
 
+        ``precision="int8"`` quantises a transformer backbone's feed-forward
+        layers for CPU inference (backbones without it run in fp32).
+        """
         backbone = build_backbone(self.backbone, self.path)
         head = EmotionHead(**self.head_config)
         head_state = {k[len("head."):]: v for k, v in self.head_state.items() if k.startswith("head.")}
@@ -143,7 +159,15 @@ class ModelBundle:
                 )
             with torch.no_grad():
                 backbone.layer_logits.copy_(logits)
-        return EmotionModel(backbone, head, self.normalizer, self.labels, precision=precision)
+        model = EmotionModel(backbone, head, self.normalizer, self.labels, precision=precision)
+        target = choose_device(device)
+        if precision == "int8":
+            if target.type != "cpu":
+                raise ValueError("int8 precision is for CPU inference; use auto, bf16 or fp16 on a GPU")
+            quantize = getattr(model.backbone, "quantize_int8", None)
+            if quantize is not None:
+                quantize()
+        return model.to(target).eval()
 
     # ---- writing ----------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -207,11 +231,11 @@ def _save_feature_extractor(folder: Path, normalize: bool) -> None:
 
 
 def load_bundle(folder: str | Path | None = None) -> ModelBundle:
-    """Read a bundle folder (default: the shipped model). Raises ``BundleError`` naming what is wrong."""
+    """Read a bundle folder or a shipped bundle by name (default: the shipped default). Raises ``BundleError`` naming what is wrong."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    folder = Path(folder) if folder is not None else default_bundle_path()
+    folder = resolve_bundle(folder)
     if not folder.exists():
         raise BundleError(f"model bundle not found: {folder} (give --model a bundle folder, or leave it out for the default model)")
     if folder.is_file() and folder.name == "bundle.json":
@@ -244,8 +268,6 @@ def load_bundle(folder: str | Path | None = None) -> ModelBundle:
         raise BundleError(f"{folder}: normalisation state is incomplete: {exc}") from exc
     reducer = None
     if meta.get("reducer"):
-        from calibration.reducer import AnchoredReducer
-
         try:
             reducer = AnchoredReducer.load(folder)
         except FileNotFoundError as exc:
@@ -271,3 +293,10 @@ def load_bundle(folder: str | Path | None = None) -> ModelBundle:
     except KeyError as exc:
         raise BundleError(f"{meta_path} lacks the field {exc}") from exc
     return bundle
+
+
+def load_model(name_or_path: str | Path | None = None, device: str = "auto",
+               precision: str = "auto") -> tuple[ModelBundle, EmotionModel]:
+    """The one way to get a runnable model: the bundle (for its reducer, labels and id) and its model."""
+    bundle = load_bundle(name_or_path)
+    return bundle, bundle.build_model(device=device, precision=precision)

@@ -1,4 +1,4 @@
-"""``python -m monitor.data``: look after the stored sessions (list, export, assign, delete, check)."""
+"""``python -m monitor.history.data``: look after the stored sessions (list, export, assign, delete, check)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
-from monitor.store import Store, StoreError, open_existing
+from monitor.history.store import Store, StoreError, open_existing
 
 DESCRIPTION = """\
 Manage what the monitor stored: which patients and sessions exist, a
@@ -21,14 +21,14 @@ Patients are pseudonymous ids (whatever was passed to --patient). Sessions
 recorded without --patient are "unassigned" until `assign` gives them to one.
 
 examples:
-  python -m monitor.data patients
-  python -m monitor.data sessions --patient P017
-  python -m monitor.data sessions --unassigned
-  python -m monitor.data assign --session 20240301T101500Z-3fa2c1 --patient P017
-  python -m monitor.data export --patient P017 --out p017/          # CSV files in a folder
-  python -m monitor.data export --patient P017 --out p017.json      # one JSON document
-  python -m monitor.data delete --patient P017 --yes                # everything about P017, no undo
-  python -m monitor.data --db /elsewhere/mood.sqlite check
+  python -m monitor.history.data patients
+  python -m monitor.history.data sessions --patient P017
+  python -m monitor.history.data sessions --unassigned
+  python -m monitor.history.data assign --session 20240301T101500Z-3fa2c1 --patient P017
+  python -m monitor.history.data export --patient P017 --out p017/          # CSV files in a folder
+  python -m monitor.history.data export --patient P017 --out p017.json      # one JSON document
+  python -m monitor.history.data delete --patient P017 --yes                # everything about P017, no undo
+  python -m monitor.history.data --db /elsewhere/mood.sqlite check
 """
 
 
@@ -203,7 +203,7 @@ def cmd_check(store: Store, args) -> int:
 
 # ---- command line -------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m monitor.data", description=DESCRIPTION,
+    p = argparse.ArgumentParser(prog="python -m monitor.history.data", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--db", metavar="PATH", help="SQLite file (default: DATA_DIR/mood-monitor.sqlite)")
     p.add_argument("--data-dir", metavar="DIR", help="data folder (default: $MOOD_MONITOR_DATA_DIR or ~/.local/share/mood-monitor)")

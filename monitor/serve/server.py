@@ -1,6 +1,6 @@
 """The dashboard server: live points and heat maps pushed over websockets, and the page itself.
 
-One port serves both: plain HTTP GETs get the bundled page (monitor/static) or
+One port serves both: plain HTTP GETs get the bundled page (monitor/serve/static) or
 the history API, a websocket upgrade on ``/ws`` gets the live session. It runs
 on the ``websockets`` library in its own thread and event loop, so nothing it
 does (a slow browser, a stalled tablet, TLS) can slow the pipeline:
@@ -45,8 +45,9 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from monitor import protocol
-from monitor.protocol import ProtocolError, SessionSummary, dumps, message
+from calibration.quadrants import NEUTRAL_RADIUS, QUADRANT_NAMES
+from monitor.serve import protocol
+from monitor.serve.protocol import ProtocolError, SessionSummary, dumps, message
 
 log = logging.getLogger(__name__)
 #: The library's own per-connection chatter ("connection open", "HTTP response sent") is noise at INFO.
@@ -566,6 +567,7 @@ class DashboardServer:
                     "client_queue_messages": self.config.client_queue_messages,
                     "max_mark_chars": protocol.MAX_MARK_CHARS},
             controls=self.controls is not None, history=self.store is not None,
+            circumplex={"neutral_radius": NEUTRAL_RADIUS, "quadrants": QUADRANT_NAMES},
         ))
 
     # ---- websocket connections -----------------------------------------------------------------
@@ -747,7 +749,7 @@ class DashboardServer:
                 raise ValueError
         except ValueError:
             return _json(HTTPStatus.BAD_REQUEST, {"error": "days must be a whole number from 1 to 366"})
-        from monitor.aggregate import history_json
+        from monitor.history.aggregate import history_json
         try:
             data = await asyncio.to_thread(history_json, self.store, patient, days)
         except LookupError:

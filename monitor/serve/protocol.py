@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from monitor.aggregate import AggregateConfig
-from monitor.jsonable import to_jsonable
+from calibration.jsonable import to_jsonable
+from calibration.quadrants import QUADRANTS, quadrant
 
 PROTOCOL_VERSION = 1
 
@@ -28,13 +28,6 @@ MAX_MARK_CHARS = 500
 
 #: Longest client-chosen request id echoed back.
 MAX_ID_CHARS = 64
-
-#: Points closer than this to the centre count as "neutral" in quadrant shares: the history's radius,
-#: so the live summary and the history agree.
-NEUTRAL_RADIUS = AggregateConfig.neutral_radius
-
-QUADRANTS = ("high_arousal_positive", "high_arousal_negative", "low_arousal_negative", "low_arousal_positive",
-             "neutral")
 
 #: Close codes used by the server (besides the library's own 1009 for oversize messages).
 CLOSE_SESSION_ENDED = 1001  # "going away": the session is over, the server is shutting down
@@ -55,19 +48,10 @@ def dumps(obj: dict[str, Any]) -> str:
     return json.dumps(to_jsonable(obj), separators=(",", ":"), allow_nan=False)
 
 
-def quadrant(valence: float, arousal: float) -> str:
-    """Which quadrant share a point counts toward (same names as the history's ``quadrant_share``)."""
-    if math.hypot(valence, arousal) < NEUTRAL_RADIUS:
-        return "neutral"
-    if arousal >= 0:
-        return "high_arousal_positive" if valence >= 0 else "high_arousal_negative"
-    return "low_arousal_positive" if valence >= 0 else "low_arousal_negative"
-
-
 # ---- server -> client ---------------------------------------------------------------------
 
 def point_body(point) -> dict[str, Any]:
-    """A ``monitor.events.Point`` as the wire's point fields (also the items of ``snapshot.points``)."""
+    """A ``monitor.live.events.Point`` as the wire's point fields (also the items of ``snapshot.points``)."""
     return {
         "index": int(point.index),
         "t_start": round(float(point.t_start), 3),

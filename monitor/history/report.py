@@ -1,7 +1,7 @@
-"""``python -m monitor.report``: a patient's emotional heat maps and tone over days and weeks.
+"""``python -m monitor.history.report``: a patient's emotional heat maps and tone over days and weeks.
 
 The figure (PNG or PDF) has three parts, all drawn from the dict that the
-JSON output holds (``monitor.aggregate.build_history``), so the picture and
+JSON output holds (``monitor.history.aggregate.build_history``), so the picture and
 the numbers cannot disagree:
 
 1. small multiples: one circumplex heat map per day (rows are calendar weeks,
@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from monitor.aggregate import AggregateConfig, build_history, period_bounds, resolve_tz, series
+from monitor.history.aggregate import AggregateConfig, build_history, period_bounds, resolve_tz, series
 
 log = logging.getLogger(__name__)
 
@@ -299,17 +299,17 @@ A session counts on the day it started (in --tz, default local time). Points
 are weighted by segment duration x confidence, as on the live dashboard.
 
 examples:
-  python -m monitor.report --patient P017 --out p017.png                 # the last 14 days
-  python -m monitor.report --patient P017 --days 28 --by week --out p017.pdf
-  python -m monitor.report --patient P017 --from 2024-03-01 --to 2024-03-14 --out r.png --out r.json
-  python -m monitor.report --patient P017 --db /elsewhere/mood.sqlite --tz UTC --out r.json
+  python -m monitor.history.report --patient P017 --out p017.png                 # the last 14 days
+  python -m monitor.history.report --patient P017 --days 28 --by week --out p017.pdf
+  python -m monitor.history.report --patient P017 --from 2024-03-01 --to 2024-03-14 --out r.png --out r.json
+  python -m monitor.history.report --patient P017 --db /elsewhere/mood.sqlite --tz UTC --out r.json
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m monitor.report", description=DESCRIPTION,
+    p = argparse.ArgumentParser(prog="python -m monitor.history.report", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--patient", required=True, metavar="ID", help="pseudonymous patient id (see: python -m monitor.data patients)")
+    p.add_argument("--patient", required=True, metavar="ID", help="pseudonymous patient id (see: python -m monitor.history.data patients)")
     period = p.add_argument_group("period (default: the last 14 days up to today)")
     period.add_argument("--days", type=int, metavar="N", help="the last N calendar days (up to --to, default today)")
     period.add_argument("--from", dest="start", metavar="YYYY-MM-DD", help="first day (inclusive)")
@@ -336,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    from monitor.store import StoreError, open_existing
+    from monitor.history.store import StoreError, open_existing
 
     for out in args.out:
         if Path(out).suffix.lower() not in (".png", ".pdf", ".svg", ".json"):

@@ -1,6 +1,6 @@
 """Aggregation of stored points into heat maps and tone metrics, per session, day and week.
 
-One code path for the report (``monitor.report``), the dashboard's history
+One code path for the report (``monitor.history.report``), the dashboard's history
 endpoint (``history_json``) and anything else that summarises a period, so a
 number on the dashboard is the number in the PDF.
 
@@ -27,13 +27,12 @@ import numpy as np
 from scipy import stats
 from scipy.ndimage import gaussian_filter
 
-from monitor.jsonable import to_jsonable
+from calibration.jsonable import to_jsonable
+from calibration.quadrants import NEUTRAL_RADIUS, quadrant_masks
 
 if TYPE_CHECKING:  # pragma: no cover
-    from monitor.store import PointTable, SessionRow, Store
+    from monitor.history.store import PointTable, SessionRow, Store
 
-QUADRANTS = ("high_arousal_positive", "high_arousal_negative", "low_arousal_negative", "low_arousal_positive",
-             "neutral")
 INTENSITY_MAX = math.sqrt(2.0)
 
 
@@ -51,7 +50,7 @@ class AggregateConfig:
     bins: int = 24
     smoothing_sigma: float = 1.0
     use_confidence: bool = True
-    neutral_radius: float = 0.2
+    neutral_radius: float = NEUTRAL_RADIUS
     entropy_bins: int = 8
     level: float = 0.95
 
@@ -69,7 +68,7 @@ def point_weights(duration, confidence, use_confidence: bool = True) -> np.ndarr
 
 
 def cells(valence, arousal, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised ``monitor.heatmap.cell_of``: (rows = arousal, cols = valence), outside values to the border."""
+    """Vectorised ``monitor.live.heatmap.cell_of``: (rows = arousal, cols = valence), outside values to the border."""
     def index(x):
         return np.clip(np.floor((np.asarray(x, dtype=np.float64) + 1.0) / 2.0 * bins), 0, bins - 1).astype(np.int64)
 
@@ -148,25 +147,13 @@ def grid_entropy(valence, arousal, w, bins: int = 8) -> float | None:
     return float(-np.sum(p * np.log(p)) / math.log(bins * bins))
 
 
-def quadrant_shares(valence, arousal, w, neutral_radius: float = 0.2) -> dict[str, float] | None:
-    """Share of the weight in each quadrant; points within ``neutral_radius`` of the origin are "neutral".
-
-    Ties go up and right: arousal >= 0 is high, valence >= 0 is positive.
-    """
-    v, a, w = (np.asarray(z, dtype=np.float64) for z in (valence, arousal, w))
+def quadrant_shares(valence, arousal, w, neutral_radius: float = NEUTRAL_RADIUS) -> dict[str, float] | None:
+    """Share of the weight in each quadrant (``calibration.quadrants``: one rule for live, history and reports)."""
+    w = np.asarray(w, dtype=np.float64)
     total = float(w.sum())
     if total <= 0:
         return None
-    neutral = np.hypot(v, a) < neutral_radius
-    high, pos = a >= 0, v >= 0
-    masks = {
-        "high_arousal_positive": ~neutral & high & pos,
-        "high_arousal_negative": ~neutral & high & ~pos,
-        "low_arousal_negative": ~neutral & ~high & ~pos,
-        "low_arousal_positive": ~neutral & ~high & pos,
-        "neutral": neutral,
-    }
-    return {name: float(w[m].sum() / total) for name, m in masks.items()}
+    return {name: float(w[m].sum() / total) for name, m in quadrant_masks(valence, arousal, neutral_radius).items()}
 
 
 def period_metrics(valence, arousal, duration, confidence, config: AggregateConfig | None = None) -> dict[str, Any]:

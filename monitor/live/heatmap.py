@@ -123,7 +123,7 @@ class RollingHeatmap:
                 self._expire_to(t)
 
     def add_point(self, point) -> None:
-        """Add a ``monitor.events.Point``."""
+        """Add a ``monitor.live.events.Point``."""
         self.add(point.valence, point.arousal, point.t_end, point.duration, point.confidence)
 
     def snapshot(self, t: float | None = None) -> HeatmapSnapshot:

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from monitor.events import Embedded, Point
+from monitor.live.events import Embedded, Point
 
 
 class Projector:

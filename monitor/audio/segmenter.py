@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from itertools import chain
+from pathlib import Path
+from typing import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-from monitor.events import SAMPLE_RATE, AudioFrame, Segment
+from monitor.model.base import SAMPLE_RATE
+from monitor.audio.frames import AudioFrame, Segment
+from monitor.audio.sources import FileSource, FrameChunker
 
 
 @dataclass
@@ -127,13 +132,23 @@ class VadSegmenter:
         return [segment]
 
 
-def segment_file(path, config: VadConfig | None = None) -> list[Segment]:
-    """A whole file's speech segments, cut exactly as a live session would cut them (enrolment, benchmarks)."""
-    from monitor.sources import FileSource
-
-    config = config or VadConfig()
-    segmenter = VadSegmenter(config)
+def segment_frames(frames: Iterable[AudioFrame], config: VadConfig | None = None) -> list[Segment]:
+    """Every speech segment of a finite stream of frames, cut exactly as a live session cuts them."""
+    segmenter = VadSegmenter(config or VadConfig())
     segments: list[Segment] = []
-    for frame in FileSource(path, frame_ms=config.frame_ms, realtime=False).frames():
+    for frame in frames:
         segments += segmenter.push(frame)
     return segments + segmenter.flush()
+
+
+def segment_file(path: str | Path, config: VadConfig | None = None) -> list[Segment]:
+    """A whole file's speech segments (enrolment, evaluation, benchmarks)."""
+    config = config or VadConfig()
+    return segment_frames(FileSource(path, frame_ms=config.frame_ms, realtime=False).frames(), config)
+
+
+def segment_signal(signal: np.ndarray, config: VadConfig | None = None) -> list[Segment]:
+    """A 16 kHz mono float32 signal's speech segments, as if it were replayed from a file."""
+    config = config or VadConfig()
+    chunker = FrameChunker(config.frame_samples)
+    return segment_frames(chain(chunker.push(np.asarray(signal, dtype=np.float32)), chunker.flush()), config)

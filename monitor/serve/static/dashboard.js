@@ -27,14 +27,9 @@
     ["bored", 236], ["sad · depressed", 206], ["miserable", 186], ["distressed", 148], ["afraid · alarmed", 124],
     ["angry", 101],
   ];
-  const QUADRANT_NAMES = {
-    high_arousal_positive: "pleasant · high arousal",
-    high_arousal_negative: "unpleasant · high arousal",
-    low_arousal_negative: "unpleasant · low arousal",
-    low_arousal_positive: "pleasant · low arousal",
-    neutral: "neutral (centre)",
-  };
-  const NEUTRAL_RADIUS = 0.2; // same as the server's protocol.NEUTRAL_RADIUS and the history's
+  // The quadrant rule and its words come from the server's hello (calibration/quadrants.py): one definition.
+  let QUADRANT_NAMES = {};
+  let NEUTRAL_RADIUS = 0;
 
   // ---- state -----------------------------------------------------------------------------
   const params = new URLSearchParams(location.search);
@@ -226,6 +221,10 @@
 
   function onHello(msg) {
     S.hello = msg;
+    if (msg.circumplex) {
+      QUADRANT_NAMES = msg.circumplex.quadrants || {};
+      NEUTRAL_RADIUS = Number(msg.circumplex.neutral_radius) || 0;
+    }
     if (msg.protocol !== PROTOCOL) notice(`This page speaks protocol ${PROTOCOL}; the monitor speaks ${msg.protocol}.`, "error");
     const s = msg.session || {};
     const parts = [];
@@ -279,7 +278,8 @@
     sum.weight += w;
     sum.sumV += w * p.valence;
     sum.sumA += w * p.arousal;
-    sum.quadrantWeight[quadrantOf(p.valence, p.arousal)] += w;
+    const q = quadrantOf(p.valence, p.arousal);
+    sum.quadrantWeight[q] = (sum.quadrantWeight[q] || 0) + w;
     renderLatest();
     renderSummary();
     schedule("overlay", "timelines");

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
-from monitor.events import SAMPLE_RATE
+from monitor.model.base import SAMPLE_RATE
 
 
 class AudioInputError(RuntimeError):

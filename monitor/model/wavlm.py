@@ -1,11 +1,8 @@
-"""Speech backbones behind one interface: waveforms in, one pooled feature vector per segment out.
+"""WavLM (and wav2vec2 / HuBERT) as a backbone: the method's self-supervised encoder.
 
-- ``WavLMBackbone``: the method's self-supervised model (WavLM, or wav2vec2 /
-  HuBERT) loaded with ``from_pretrained`` from a hub id or a local folder, with
-  learnable softmax weights over all hidden layers and mean pooling over the
-  frames that hold real audio.
-- ``EgemapsBackbone``: openSMILE functionals (eGeMAPSv02 by default), the
-  offline default that needs no downloaded weights.
+Loaded with ``from_pretrained`` from a hub id or a local folder, with learnable
+softmax weights over all hidden layers and mean pooling over the frames that
+hold real audio.
 """
 
 from __future__ import annotations
@@ -17,85 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from monitor.events import SAMPLE_RATE
+from monitor.model.base import Backbone, BackboneLoadError
 
-WAVLM_KINDS = ("wavlm",)
-EGEMAPS_KINDS = ("egemaps",)
 FINETUNE_MODES = ("frozen", "transformer")
 
 
-class BackboneLoadError(RuntimeError):
-    """The backbone's weights could not be found or read; the message names the path or hub id."""
-
-
-class Backbone(nn.Module):
-    """Turns a list of 16 kHz float32 waveforms into a [batch, feature_dim] tensor."""
-
-    kind: str = ""
-    feature_dim: int = 0
-
-    def features(self, waves: Sequence[np.ndarray]) -> torch.Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def spec(self) -> dict[str, Any]:  # pragma: no cover - interface
-        """JSON description stored in the model bundle; ``build_backbone`` reverses it."""
-        raise NotImplementedError
-
-    @property
-    def device(self) -> torch.device:
-        for tensor in self.parameters():
-            return tensor.device
-        for tensor in self.buffers():
-            return tensor.device
-        return torch.device("cpu")
-
-
-# --------------------------------------------------------------------------------------------
-# openSMILE functionals
-# --------------------------------------------------------------------------------------------
-class EgemapsBackbone(Backbone):
-    """openSMILE functionals over each segment (eGeMAPSv02: 88 values; ComParE_2016: 6373).
-
-    Runs on the CPU whatever the device; the tensor it returns is moved to the
-    device of the module (so the head can sit on a GPU).
-    """
-
-    kind = "egemaps"
-    FEATURE_SETS = ("eGeMAPSv02", "ComParE_2016")
-
-    def __init__(self, feature_set: str = "eGeMAPSv02"):
-        super().__init__()
-        if feature_set not in self.FEATURE_SETS:
-            raise ValueError(f"unknown openSMILE feature set {feature_set!r}; choose from {self.FEATURE_SETS}")
-        import opensmile  # imported here: heavy, and only this backbone needs it
-
-        self.feature_set = feature_set
-        self._smile = opensmile.Smile(
-            feature_set=getattr(opensmile.FeatureSet, feature_set),
-            feature_level=opensmile.FeatureLevel.Functionals,
-        )
-        self.feature_names = list(self._smile.feature_names)
-        self.feature_dim = len(self.feature_names)
-        self.register_buffer("_device_marker", torch.zeros(0), persistent=False)
-
-    def extract(self, wave: np.ndarray) -> np.ndarray:
-        """Functionals of one waveform as float64 [feature_dim]."""
-        wave = np.ascontiguousarray(wave, dtype=np.float32)
-        values = self._smile.process_signal(wave, SAMPLE_RATE).to_numpy(dtype=np.float64)[0]
-        # openSMILE yields NaN for some functionals on very short or unvoiced input.
-        return np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-
-    def features(self, waves: Sequence[np.ndarray]) -> torch.Tensor:
-        rows = np.stack([self.extract(w) for w in waves]) if len(waves) else np.zeros((0, self.feature_dim))
-        return torch.as_tensor(rows, dtype=torch.float32, device=self.device)
-
-    def spec(self) -> dict[str, Any]:
-        return {"kind": self.kind, "feature_set": self.feature_set, "feature_dim": self.feature_dim}
-
-
-# --------------------------------------------------------------------------------------------
-# WavLM and friends
-# --------------------------------------------------------------------------------------------
 def _load_pretrained(source: str, revision: str | None):
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
@@ -258,25 +181,3 @@ class WavLMBackbone(Backbone):
             "num_layers": self.num_layers,
             "architecture": type(self.encoder).__name__,
         }
-
-
-def build_backbone(spec: dict[str, Any], bundle_dir: str | Path | None = None) -> Backbone:
-    """Rebuild a backbone from its bundle spec.
-
-    A WavLM ``source`` that starts with ``bundle:`` is a folder inside the bundle
-    (a fine-tuned or test encoder saved with ``save_pretrained``); anything else
-    is a hub id or a local path.
-    """
-    kind = spec.get("kind")
-    if kind in EGEMAPS_KINDS:
-        return EgemapsBackbone(spec.get("feature_set", "eGeMAPSv02"))
-    if kind in WAVLM_KINDS:
-        source = str(spec["source"])
-        if source.startswith("bundle:"):
-            if bundle_dir is None:
-                raise BackboneLoadError(f"backbone source {source!r} is inside a bundle, but no bundle folder was given")
-            source = str(Path(bundle_dir) / source[len("bundle:"):])
-            if not Path(source).is_dir():
-                raise BackboneLoadError(f"the bundle's backbone folder is missing: {source}")
-        return WavLMBackbone.from_pretrained(source, revision=spec.get("revision"), finetune="frozen")
-    raise ValueError(f"unknown backbone kind {kind!r}; known: {WAVLM_KINDS + EGEMAPS_KINDS}")

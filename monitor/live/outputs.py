@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from monitor.events import Mark, Point, SessionInfo, Status
+from monitor.live.events import Mark, Point, SessionInfo, Status
 
 
 class JsonlSink:

@@ -15,7 +15,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from monitor.events import Embedded, Segment
+from monitor.live.events import Embedded
+from monitor.audio.frames import Segment
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class EmbeddingWorker(threading.Thread):
     """Consumes ``Segment``s from a bounded queue; puts ``Embedded`` results on ``results``.
 
     ``model`` is anything with ``embed_waveforms(list_of_waves, baseline)``
-    returning (embeddings, probabilities), i.e. ``monitor.model.EmotionModel``.
+    returning (embeddings, probabilities), i.e. ``monitor.model.emotion.EmotionModel``.
     """
 
     def __init__(self, model, config: WorkerConfig | None = None, results: queue.Queue | None = None,

@@ -1,6 +1,6 @@
 """The values that travel along the data path, and the interface of its outputs.
 
-source -> ``AudioFrame`` -> segmenter -> ``Segment`` -> worker -> ``Embedded``
+segments (``monitor.audio.frames``) -> worker -> ``Embedded``
 -> projector -> ``Point`` -> heat map and every ``PointSink`` (JSONL, dashboard
 server, store). Keeping them in one small module lets every stage agree on
 them without importing each other.
@@ -15,51 +15,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from monitor.heatmap import RollingHeatmap
+    from monitor.live.heatmap import RollingHeatmap
 
-#: Every stage after the source works at this rate.
-SAMPLE_RATE = 16_000
-
-
-@dataclass(frozen=True)
-class AudioFrame:
-    """A fixed-length block of 16 kHz mono int16 audio.
-
-    ``t_start`` is the session time of the first sample in seconds. It counts
-    samples, not wall-clock time, so replay at any speed keeps true times and a
-    gap left by dropped frames stays a gap.
-    """
-
-    samples: np.ndarray
-    t_start: float
-
-    @property
-    def duration(self) -> float:
-        return len(self.samples) / SAMPLE_RATE
-
-    @property
-    def t_end(self) -> float:
-        return self.t_start + self.duration
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A stretch of speech cut by the segmenter, ready for the model.
-
-    ``audio`` is float32 in [-1, 1] at 16 kHz. ``closed_at`` is the
-    ``time.monotonic()`` instant the segmenter closed the segment: latency is
-    measured from there to the point being emitted.
-    """
-
-    index: int
-    t_start: float
-    t_end: float
-    audio: np.ndarray
-    closed_at: float
-
-    @property
-    def duration(self) -> float:
-        return self.t_end - self.t_start
+from monitor.audio.frames import Segment
 
 
 @dataclass(frozen=True)

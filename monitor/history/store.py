@@ -40,7 +40,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from monitor.events import SAMPLE_RATE, Mark, Point, SessionInfo, Status
+from calibration.speaker import SpeakerBaseline
+from monitor.model.base import SAMPLE_RATE
+from monitor.live.events import Mark, Point, SessionInfo, Status
 
 log = logging.getLogger(__name__)
 
@@ -503,6 +505,16 @@ class Store:
             args.append(model_id)
         row = self.conn.execute(sql + " ORDER BY created_at DESC, id DESC LIMIT 1", args).fetchone()
         return json.loads(row[0]) if row else None
+
+    def current_baseline(self, patient_id: str, model_id: str) -> SpeakerBaseline | None:
+        """The patient's enrolment baseline for this exact model, or None (population statistics are used then)."""
+        data = self.get_baseline(patient_id, model_id)
+        if data is not None:
+            return SpeakerBaseline.from_json(data)
+        if self.get_baseline(patient_id) is not None:
+            log.warning("patient %s was enrolled with another model; enrol again (--enroll) to calibrate %s",
+                        patient_id, model_id)
+        return None
 
     def baseline_history(self, patient_id: str) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT model_id, created_at, replaced_at, baseline FROM baselines "

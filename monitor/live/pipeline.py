@@ -23,12 +23,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from monitor.events import SAMPLE_RATE, Mark, PointSink, Segment, SessionInfo, Status
-from monitor.heatmap import HeatmapConfig, RollingHeatmap
-from monitor.projection import Projector
-from monitor.segmenter import VadConfig, VadSegmenter
-from monitor.sources import AudioSource
-from monitor.worker import EmbeddingWorker, WorkerConfig
+from monitor.model.base import SAMPLE_RATE
+from monitor.live.events import Mark, PointSink, SessionInfo, Status
+from monitor.audio.frames import Segment
+from monitor.live.heatmap import HeatmapConfig, RollingHeatmap
+from monitor.live.projection import Projector
+from monitor.audio.segmenter import VadConfig, VadSegmenter
+from monitor.audio.sources import AudioSource
+from monitor.live.worker import EmbeddingWorker, WorkerConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,38 @@
+"""The interface every speech backbone implements: 16 kHz waveforms in, one pooled feature vector per segment out."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+#: Every backbone takes 16 kHz mono audio; every stage after the source works at this rate.
+SAMPLE_RATE = 16_000
+
+
+class BackboneLoadError(RuntimeError):
+    """The backbone's weights could not be found or read; the message names the path or hub id."""
+
+
+class Backbone(nn.Module):
+    """Turns a list of 16 kHz float32 waveforms into a [batch, feature_dim] tensor."""
+
+    kind: str = ""
+    feature_dim: int = 0
+
+    def features(self, waves: Sequence[np.ndarray]) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def spec(self) -> dict[str, Any]:  # pragma: no cover - interface
+        """JSON description stored in the model bundle; ``build_backbone`` reverses it."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.parameters():
+            return tensor.device
+        for tensor in self.buffers():
+            return tensor.device
+        return torch.device("cpu")

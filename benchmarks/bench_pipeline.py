@@ -68,7 +68,6 @@ def build(kind: str, precision: str):
 
     if kind == "default":
         from monitor.model.bundle import load_bundle
-        from monitor.model.emotion import EmotionModel
 
         bundle = load_bundle()
         model = bundle.build_model(device="cpu", precision=precision)
@@ -84,14 +83,16 @@ def build(kind: str, precision: str):
         from monitor.model.emotion import EmotionModel
 
         torch.manual_seed(0)
-        backbone = WavLMBackbone(WavLMModel(WavLMConfig()).eval(), normalize_waveform=False, source="random WavLM Base+ config")
+        backbone = WavLMBackbone(WavLMModel(WavLMConfig()).eval(), normalize_waveform=False,
+                                 source="random WavLM Base+ config")
         if precision == "int8":
             backbone.quantize_int8()
         model = EmotionModel(backbone, EmotionHead(backbone.feature_dim, len(LABELS)), FeatureNormalizer("none"),
                              LABELS, precision="fp32" if precision == "int8" else precision).eval()
         rng = np.random.default_rng(0)
         X = np.concatenate([rng.normal(i, 1.0, size=(60, 100)) for i in range(len(LABELS))]).astype(np.float32)
-        reducer = AnchoredReducer(anchors=anchors_for(LABELS), n_epochs=30, random_state=0).fit(X, np.repeat(LABELS, 60))
+        reducer = AnchoredReducer(anchors=anchors_for(LABELS), n_epochs=30, random_state=0)
+        reducer.fit(X, np.repeat(LABELS, 60))
         reducer.warm_up()
         return model, Projector(reducer, LABELS), f"WavLM Base+ architecture, random weights, {precision}"
     raise SystemExit(f"unknown model {kind!r}")
@@ -330,14 +331,15 @@ def main(argv=None) -> int:
 
 
 def markdown(report: dict) -> str:
-    rows = ["| model | segments | forward p50 | latency p50 | latency / forward (p50) | real-time replay latency p50 / p95 | "
-            "streams if all speech | concurrent streams: p95 latency, backlog drained after |",
+    rows = ["| model | segments | forward p50 | latency p50 | latency / forward (p50) "
+            "| real-time replay latency p50 / p95 | streams if all speech "
+            "| concurrent streams: p95 latency, backlog drained after |",
             "|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         lat, sat = r["latency"], r["saturated"]
         conc = r.get("concurrent")
-        conc_text = (f"{conc['streams']} streams: {conc['latency_ms_p95']:.0f} ms, {conc['drain_after_audio_end_s']:.1f} s"
-                     if conc else "not run")
+        conc_text = (f"{conc['streams']} streams: {conc['latency_ms_p95']:.0f} ms, "
+                     f"{conc['drain_after_audio_end_s']:.1f} s" if conc else "not run")
         rep = r["replay"]
         rows.append(f"| {r['description']} | {lat['segments']} | {lat['bare_forward_ms_p50']:.0f} ms | "
                     f"{lat['latency_ms_p50']:.0f} ms | {lat['latency_over_forward_p50']:.3f} | "
@@ -346,7 +348,8 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     return ("# Pipeline benchmark\n\n"
             f"Machine: {m['processor']}, {m['cpu_threads']} torch threads, torch {m['torch']}, CUDA: {m['cuda']}. "
-            f"Session: {report['session']['clips']} RAVDESS clips, {report['session']['seconds']:.0f} s, replayed in real time.\n\n"
+            f"Session: {report['session']['clips']} RAVDESS clips, {report['session']['seconds']:.0f} s, "
+            "replayed in real time.\n\n"
             + "\n".join(rows) + "\n\nReproduce: `" + report["command"].strip() + "`\n")
 
 

@@ -14,19 +14,17 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from calibration import metrics as M
+from calibration.anchors import ANCHOR_SETS
+from calibration.reducer import AnchoredReducer
+from calibration.synthetic import make_clusters
 
-from calibration import metrics as M  # noqa: E402
-from calibration.anchors import ANCHOR_SETS  # noqa: E402
-from calibration.reducer import AnchoredReducer  # noqa: E402
-from calibration.synthetic import make_clusters  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 

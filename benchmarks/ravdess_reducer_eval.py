@@ -23,23 +23,23 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+from calibration import metrics as M
+from calibration.anchors import ANCHOR_SETS
+from calibration.data import parse_ravdess_name
+from calibration.evaluate import draw_circumplex, evaluate_points
+from calibration.jsonable import to_jsonable
+from calibration.reducer import AnchoredReducer
 
-from calibration import metrics as M  # noqa: E402
-from calibration.anchors import ANCHOR_SETS  # noqa: E402
-from calibration.data import parse_ravdess_name  # noqa: E402
-from calibration.evaluate import draw_circumplex, evaluate_points, to_jsonable  # noqa: E402
-from calibration.reducer import AnchoredReducer  # noqa: E402
-from bench_reducer import write_marked_section  # noqa: E402
-from ravdess_features import DEFAULT_CACHE, DEFAULT_DATA, extract  # noqa: E402
+# Sibling scripts: ``python benchmarks/ravdess_reducer_eval.py`` puts this folder on the import path.
+from bench_reducer import write_marked_section
+from ravdess_features import DEFAULT_CACHE, DEFAULT_DATA, extract
+
+REPO = Path(__file__).resolve().parents[1]
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 #: (align, centroids the alignment is fitted on)
@@ -134,7 +134,10 @@ def results_markdown(res: dict) -> str:
     for name in order:
         pooled = res["pooled"].get(name) or res["baselines_pooled"][name]
         fold = res["fold_summary"].get(name) or res["baseline_fold_summary"][name]
-        sd = lambda k: f" ({fold[k]['sd']:.3f})"  # noqa: E731
+
+        def sd(k: str, fold: dict = fold) -> str:
+            return f" ({fold[k]['sd']:.3f})"
+
         i = pooled["intensity"]
         lines.append(
             f"| {name} | {f3(pooled['anchor_agreement']['valence'])}{sd('anchor_valence')} "
@@ -157,9 +160,9 @@ def results_markdown(res: dict) -> str:
         ref = res["per_fold"][variant_name(None, None, m)]
         for a, o in VARIANTS[1:]:
             cur = res["per_fold"][variant_name(a, o, m)]
-            d = [c["anchor_agreement"]["mean"] - r["anchor_agreement"]["mean"] for c, r in zip(cur, ref)]
+            d = [c["anchor_agreement"]["mean"] - r["anchor_agreement"]["mean"] for c, r in zip(cur, ref, strict=True)]
             da = [c["circular_order"]["mean_abs_angular_error_deg"] - r["circular_order"]["mean_abs_angular_error_deg"]
-                  for c, r in zip(cur, ref)]
+                  for c, r in zip(cur, ref, strict=True)]
             lines.append(f"| {variant_name(a, o, m)} | {', '.join(f'{x:+.3f}' for x in d)} | {np.mean(d):+.3f} "
                          f"| {np.mean(da):+.1f} |")
     head = res["head_pooled"]

@@ -22,7 +22,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 #: The canonical emotion names every adapter maps to.
 CANONICAL_EMOTIONS: tuple[str, ...] = (
@@ -142,9 +142,10 @@ class AnchorSet:
                 raise ValueError(f"anchor for {label!r} in {self.name!r} must lie in [-1, 1]^2, got {(v, a)}")
 
     def anchor(self, label: str) -> tuple[float, float]:
-        return tuple(self.anchors[canonical_emotion(label)])  # type: ignore[return-value]
+        valence, arousal = self.anchors[canonical_emotion(label)]
+        return (valence, arousal)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "labels": list(self.labels),
@@ -154,7 +155,7 @@ class AnchorSet:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping) -> "AnchorSet":
+    def from_json(cls, data: Mapping[str, Any]) -> "AnchorSet":
         anchors = {canonical_emotion(k): (float(v[0]), float(v[1])) for k, v in data["anchors"].items()}
         labels = tuple(canonical_emotion(x) for x in data.get("labels", anchors))
         return cls(
@@ -166,7 +167,8 @@ class AnchorSet:
         )
 
 
-def _subset(name: str, table: Mapping[str, tuple[float, float]], labels: tuple[str, ...], description: str) -> AnchorSet:
+def _subset(name: str, table: Mapping[str, tuple[float, float]], labels: tuple[str, ...],
+            description: str) -> AnchorSet:
     return AnchorSet(name=name, anchors={k: table[k] for k in labels}, labels=labels, description=description)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from calibration.anchors import canonical_emotion
 
@@ -44,7 +45,7 @@ def load_embeddings(path: str | Path) -> dict[str, np.ndarray]:
     return check_embeddings(data, source=str(path))
 
 
-def check_embeddings(data: Mapping[str, np.ndarray], source: str = "embeddings") -> dict[str, np.ndarray]:
+def check_embeddings(data: Mapping[str, ArrayLike], source: str = "embeddings") -> dict[str, np.ndarray]:
     """Shapes and vocabulary of an in-memory exported-embedding dict."""
     out = {k: np.asarray(v) for k, v in data.items()}
     if "probabilities" in out and "probs" not in out:  # the training exporter's name
@@ -52,14 +53,9 @@ def check_embeddings(data: Mapping[str, np.ndarray], source: str = "embeddings")
     emb = out["embeddings"]
     if emb.ndim != 2:
         raise ValueError(f"{source}: embeddings must be [n, d], got {emb.shape}")
-    n = emb.shape[0]
     out["embeddings"] = emb.astype(np.float32, copy=False)
-    for key in list(REQUIRED[1:]) + [k for k in PER_ROW_OPTIONAL if k in out]:
-        if key == "corpus" and out[key].ndim == 0:
-            continue
-        if out[key].shape[0] != n:
-            raise ValueError(f"{source}: {key!r} has {out[key].shape[0]} rows, embeddings have {n}")
-    out["labels"] = np.asarray([canonical_emotion(str(v)) for v in out["labels"]], dtype=str)
+    _check_rows(out, emb.shape[0], source)
+    out["labels"] = _canonical(out["labels"])
     out["speakers"] = out["speakers"].astype(str)
     out["split"] = np.char.lower(out["split"].astype(str))
     bad = sorted(set(out["split"].tolist()) - set(SPLITS))
@@ -69,12 +65,26 @@ def check_embeddings(data: Mapping[str, np.ndarray], source: str = "embeddings")
         if key in out:
             out[key] = _as_float(out[key])
     if "pred" in out:
-        out["pred"] = np.asarray([canonical_emotion(str(v)) for v in out["pred"]], dtype=str)
+        out["pred"] = _canonical(out["pred"])
     if "probs" in out:
         if "classes" not in out or out["probs"].ndim != 2 or out["probs"].shape[1] != len(out["classes"]):
             raise ValueError(f"{source}: probs [n, C] needs classes [C]")
-        out["classes"] = np.asarray([canonical_emotion(str(v)) for v in out["classes"]], dtype=str)
+        out["classes"] = _canonical(out["classes"])
     return out
+
+
+def _check_rows(data: Mapping[str, np.ndarray], n: int, source: str) -> None:
+    """Every per-row key has ``n`` rows (a scalar corpus name is allowed)."""
+    for key in list(REQUIRED[1:]) + [k for k in PER_ROW_OPTIONAL if k in data]:
+        if key == "corpus" and data[key].ndim == 0:
+            continue
+        if data[key].shape[0] != n:
+            raise ValueError(f"{source}: {key!r} has {data[key].shape[0]} rows, embeddings have {n}")
+
+
+def _canonical(values: np.ndarray) -> np.ndarray:
+    """Emotion labels mapped onto the canonical vocabulary, as a unicode array."""
+    return np.asarray([canonical_emotion(str(v)) for v in values], dtype=str)
 
 
 def _as_float(values: np.ndarray) -> np.ndarray:
@@ -108,13 +118,14 @@ def head_predictions(data: Mapping[str, np.ndarray]) -> np.ndarray | None:
     if "pred" in data:
         return np.asarray(data["pred"], dtype=str)
     if "probs" in data:
-        return np.asarray(data["classes"], dtype=str)[np.argmax(data["probs"], axis=1)]
+        predicted: np.ndarray = np.asarray(data["classes"], dtype=str)[np.argmax(data["probs"], axis=1)]
+        return predicted
     return None
 
 
-def save_embeddings(path: str | Path, **arrays) -> Path:
+def save_embeddings(path: str | Path, **arrays: ArrayLike) -> Path:
     """Write an exported-embedding file with pickle-free string arrays."""
-    out = {}
+    out: dict[str, np.ndarray] = {}
     for k, v in arrays.items():
         a = np.asarray(v)
         if a.dtype == object:
@@ -123,7 +134,7 @@ def save_embeddings(path: str | Path, **arrays) -> Path:
     check_embeddings(out, source=str(path))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **out)
+    np.savez(path, allow_pickle=False, **out)
     return path
 
 

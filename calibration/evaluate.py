@@ -21,29 +21,35 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from calibration import metrics as M
 from calibration.anchors import get_anchor_set
 from calibration.jsonable import to_jsonable
 
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+
+    from calibration.reducer import AnchoredReducer
+
 DEFAULT_OUT = Path("out") / "calibration-eval"
 
 
 def evaluate_points(
-    points: np.ndarray,
-    labels: Sequence[str],
+    points: ArrayLike,
+    labels: ArrayLike,
     anchors: Mapping[str, Sequence[float]],
     *,
-    pred: Sequence[str] | None = None,
-    valence: Sequence[float] | None = None,
-    arousal: Sequence[float] | None = None,
-    intensity: Sequence | None = None,
-    speakers: Sequence[str] | None = None,
-    sentences: Sequence[str] | None = None,
-) -> dict:
+    pred: ArrayLike | None = None,
+    valence: ArrayLike | None = None,
+    arousal: ArrayLike | None = None,
+    intensity: Iterable[object] | None = None,
+    speakers: Iterable[object] | None = None,
+    sentences: Iterable[object] | None = None,
+) -> dict[str, Any]:
     """Every metric for ``points`` [n, 2] = (valence, arousal) with true ``labels``.
 
     Metrics whose inputs are missing come back as None (not zero), so a JSON
@@ -57,7 +63,7 @@ def evaluate_points(
     if missing:
         raise KeyError(f"no anchor for label(s) {missing}")
     classes = sorted(set(labels.tolist()))
-    out: dict = {
+    out: dict[str, Any] = {
         "n": int(len(points)),
         "classes": classes,
         "class_counts": {c: int(np.sum(labels == c)) for c in classes},
@@ -70,7 +76,7 @@ def evaluate_points(
         "head": None,
         "intensity": None,
     }
-    dims = {}
+    dims: dict[str, float | int] = {}
     for name, col, target in (("valence", 0, valence), ("arousal", 1, arousal)):
         if target is None:
             continue
@@ -91,8 +97,8 @@ def evaluate_points(
     return out
 
 
-def evaluate_reducer(reducer, data: Mapping[str, np.ndarray], method: str = "fast",
-                     anchors: Mapping[str, Sequence[float]] | None = None) -> tuple[dict, np.ndarray]:
+def evaluate_reducer(reducer: AnchoredReducer, data: Mapping[str, np.ndarray], method: str = "fast",
+                     anchors: Mapping[str, Sequence[float]] | None = None) -> tuple[dict[str, Any], np.ndarray]:
     """Transform ``data["embeddings"]`` with ``reducer`` and score the points.
 
     ``data`` is an exported-embedding dict (``calibration.data``). Anchors
@@ -121,7 +127,7 @@ def evaluate_reducer(reducer, data: Mapping[str, np.ndarray], method: str = "fas
 
 
 # ------------------------------------------------------------------ plotting
-def draw_circumplex(ax, points: np.ndarray, labels: Sequence[str], anchors: Mapping[str, Sequence[float]],
+def draw_circumplex(ax: Axes, points: ArrayLike, labels: ArrayLike, anchors: Mapping[str, Sequence[float]],
                     title: str | None = None, max_points: int = 4000, seed: int = 0) -> None:
     """Points, anchors, class centroids and 1-sigma covariance ellipses on one axes."""
     import matplotlib
@@ -151,7 +157,7 @@ def draw_circumplex(ax, points: np.ndarray, labels: Sequence[str], anchors: Mapp
                                  fill=False, color=color, lw=1.5))
         ax.plot(*mean, "o", color=color, ms=6, mec="black", mew=0.6)
         if c in anchors:
-            a = np.asarray(anchors[c], dtype=np.float64)
+            a = (float(anchors[c][0]), float(anchors[c][1]))
             ax.plot(*a, "*", color=color, ms=14, mec="black", mew=0.8)
             ax.annotate("", xy=mean, xytext=a, arrowprops={"arrowstyle": "->", "color": color, "lw": 1})
             ax.annotate(c, a, textcoords="offset points", xytext=(6, 6), fontsize=8)
@@ -164,7 +170,7 @@ def draw_circumplex(ax, points: np.ndarray, labels: Sequence[str], anchors: Mapp
         ax.set_title(title, fontsize=10)
 
 
-def plot_circumplex(points: np.ndarray, labels: Sequence[str], anchors: Mapping[str, Sequence[float]],
+def plot_circumplex(points: ArrayLike, labels: ArrayLike, anchors: Mapping[str, Sequence[float]],
                     path: str | Path, title: str | None = None) -> Path:
     """Write the circumplex PNG: stars = anchors, dots = class centroids (arrow from
     anchor to centroid = drift), ellipses = 1-sigma class covariance."""
@@ -184,8 +190,8 @@ def plot_circumplex(points: np.ndarray, labels: Sequence[str], anchors: Mapping[
 
 
 # ----------------------------------------------------------------- outputs
-def write_report(result: dict, points: np.ndarray, labels: Sequence[str], anchors: Mapping,
-                 out: str | Path, title: str) -> tuple[Path, Path]:
+def write_report(result: Mapping[str, Any], points: ArrayLike, labels: ArrayLike,
+                 anchors: Mapping[str, Sequence[float]], out: str | Path, title: str) -> tuple[Path, Path]:
     """``metrics.json`` and ``circumplex.png`` in ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -195,9 +201,13 @@ def write_report(result: dict, points: np.ndarray, labels: Sequence[str], anchor
     return js, png
 
 
-def summary_lines(result: dict) -> list[str]:
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"
+
+
+def summary_lines(result: Mapping[str, Any]) -> list[str]:
     """A few human-readable lines for the terminal."""
-    f = lambda v: "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"  # noqa: E731
+    f = _fmt
     aa, co, dr = result["anchor_agreement"], result["circular_order"], result["centroid_drift"]
     lines = [
         f"n={result['n']}  classes={len(result['classes'])}  method={result.get('method', '?')}",
@@ -253,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     return report(reducer, data, source, args.anchors, args.method, args.out, args.title)
 
 
-def report(reducer, data: Mapping[str, np.ndarray], source: str, anchor_set: str | None, method: str,
-           out: Path, title: str | None) -> int:
+def report(reducer: AnchoredReducer, data: Mapping[str, np.ndarray], source: str, anchor_set: str | None,
+           method: str, out: Path, title: str | None) -> int:
     """Score, write metrics.json + circumplex.png, print the summary (the CLIs' shared tail)."""
     anchors = {**dict(get_anchor_set(anchor_set or "all").anchors), **reducer.anchors_}
     result, points = evaluate_reducer(reducer, data, method=method, anchors=anchors)

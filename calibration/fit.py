@@ -14,6 +14,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def resolve_anchor_arg(value: str, data) -> str:
+def resolve_anchor_arg(value: str, data: Mapping[str, np.ndarray]) -> str:
     """'auto' -> the corpus' own anchor set when it has one, else the full table."""
     if value != "auto":
         return value

@@ -8,9 +8,10 @@ Angles are in radians unless a name says otherwise.
 from __future__ import annotations
 
 from itertools import combinations
-from typing import Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 
 def _paired(name: str, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -20,11 +21,11 @@ def _paired(name: str, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.nda
     return a, b
 
 
-def _paired_floats(name: str, a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _paired_floats(name: str, a: ArrayLike, b: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     return _paired(name, np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel())
 
 
-def ccc(x: Sequence[float], y: Sequence[float]) -> float:
+def ccc(x: ArrayLike, y: ArrayLike) -> float:
     """Lin's concordance correlation coefficient.
 
     Unlike Pearson's r it also penalises shifts and scale differences, which is
@@ -44,7 +45,7 @@ def ccc(x: Sequence[float], y: Sequence[float]) -> float:
     return float(2.0 * cov / den)
 
 
-def uar(y_true: Sequence, y_pred: Sequence) -> float:
+def uar(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     """Unweighted average recall: mean per-class recall over the true classes.
 
     The standard speech-emotion score because it is not inflated by the
@@ -57,7 +58,7 @@ def uar(y_true: Sequence, y_pred: Sequence) -> float:
     return float(np.mean(recalls))
 
 
-def weighted_accuracy(y_true: Sequence, y_pred: Sequence) -> float:
+def weighted_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     """Weighted accuracy (WA): the plain share of correct predictions."""
     t, p = _paired("weighted_accuracy", np.asarray(y_true), np.asarray(y_pred))
     if t.size == 0:
@@ -65,14 +66,13 @@ def weighted_accuracy(y_true: Sequence, y_pred: Sequence) -> float:
     return float(np.mean(t == p))
 
 
-def wrap_angle(a: np.ndarray | float) -> np.ndarray:
+def wrap_angle(a: ArrayLike) -> NDArray[np.float64]:
     """Map angles onto (-pi, pi]."""
-    a = np.asarray(a, dtype=np.float64)
-    w = np.mod(a + np.pi, 2.0 * np.pi) - np.pi
+    w = np.mod(np.asarray(a, dtype=np.float64) + np.pi, 2.0 * np.pi) - np.pi
     return np.where(w == -np.pi, np.pi, w)
 
 
-def circular_correlation(a: Sequence[float], b: Sequence[float]) -> float:
+def circular_correlation(a: ArrayLike, b: ArrayLike) -> float:
     """Fisher & Lee (1983) circular-circular correlation of two angle samples.
 
     rho = sum_{i<j} sin(a_i-a_j) sin(b_i-b_j) /
@@ -99,22 +99,7 @@ def circular_correlation(a: Sequence[float], b: Sequence[float]) -> float:
     return float(4.0 * (A * B - C * D) / np.sqrt(den))
 
 
-def circular_correlation_pairwise(a: Sequence[float], b: Sequence[float]) -> float:
-    """The defining O(n^2) pairwise sum of :func:`circular_correlation` (for checks)."""
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    num = sa = sb = 0.0
-    for i, j in combinations(range(a.size), 2):
-        x, y = np.sin(a[i] - a[j]), np.sin(b[i] - b[j])
-        num += x * y
-        sa += x * x
-        sb += y * y
-    if sa == 0.0 or sb == 0.0:
-        return float("nan")
-    return float(num / np.sqrt(sa * sb))
-
-
-def mean_abs_angular_error(a: Sequence[float], b: Sequence[float]) -> float:
+def mean_abs_angular_error(a: ArrayLike, b: ArrayLike) -> float:
     """Mean absolute angular difference, taking the short way round (radians, in [0, pi])."""
     a, b = _paired_floats("mean_abs_angular_error", a, b)
     if a.size == 0:
@@ -122,7 +107,7 @@ def mean_abs_angular_error(a: Sequence[float], b: Sequence[float]) -> float:
     return float(np.mean(np.abs(wrap_angle(a - b))))
 
 
-def boundary_share(points: np.ndarray, margin: float = 0.02) -> float:
+def boundary_share(points: ArrayLike, margin: float = 0.02) -> float:
     """Share of points within ``margin`` of the [-1, 1] square's edge (where a clipped output piles up).
 
     CCC alone rewards stretching the layout (it corrects the shrinkage of unseen
@@ -136,26 +121,30 @@ def boundary_share(points: np.ndarray, margin: float = 0.02) -> float:
     return float(np.mean(np.any(np.abs(pts) >= 1.0 - margin, axis=1)))
 
 
-def class_centroids(points: np.ndarray, labels: Sequence[str]) -> dict[str, np.ndarray]:
+def class_centroids(points: ArrayLike, labels: ArrayLike) -> dict[str, np.ndarray]:
     """Mean point of every label, in sorted label order."""
     points = np.asarray(points, dtype=np.float64)
     labels = np.asarray(labels)
     return {str(c): points[labels == c].mean(axis=0) for c in np.unique(labels)}
 
 
+def _radius(point: Sequence[float] | np.ndarray) -> float:
+    return float(np.hypot(point[0], point[1]))
+
+
 def circular_order(
-    points: np.ndarray,
-    labels: Sequence[str],
+    points: ArrayLike,
+    labels: ArrayLike,
     anchors: Mapping[str, Sequence[float]],
     min_radius: float = 1e-6,
-) -> dict:
+) -> dict[str, Any]:
     """Circular agreement between class-centroid angles and anchor angles.
 
     Angles are measured about the origin of the circumplex. Classes whose
     anchor sits at the origin (neutral) have no angle and are left out.
     """
     cents = class_centroids(points, labels)
-    used = [c for c in cents if c in anchors and np.hypot(*anchors[c]) > min_radius]
+    used = [c for c in cents if c in anchors and _radius(anchors[c]) > min_radius]
     if len(used) < 2:
         return {"fisher_lee": float("nan"), "mean_abs_angular_error_deg": float("nan"),
                 "per_class_angle_error_deg": {}, "classes": used}
@@ -165,12 +154,12 @@ def circular_order(
     return {
         "fisher_lee": circular_correlation(ca, aa),
         "mean_abs_angular_error_deg": float(np.degrees(mean_abs_angular_error(ca, aa))),
-        "per_class_angle_error_deg": {c: float(e) for c, e in zip(used, err)},
+        "per_class_angle_error_deg": {c: float(e) for c, e in zip(used, err, strict=True)},
         "classes": used,
     }
 
 
-def _intensity_level(value) -> float:
+def _intensity_level(value: object) -> float:
     """'normal' < 'strong'; numbers (or numeric strings) compare as numbers; '' is unknown."""
     if isinstance(value, (int, float, np.integer, np.floating)):
         return float(value)
@@ -185,12 +174,12 @@ def _intensity_level(value) -> float:
 
 
 def intensity_check(
-    arousal: Sequence[float],
-    intensity: Sequence,
-    speakers: Sequence[str],
-    sentences: Sequence[str],
-    labels: Sequence[str],
-) -> dict:
+    arousal: ArrayLike,
+    intensity: Iterable[object],
+    speakers: Iterable[object],
+    sentences: Iterable[object],
+    labels: Iterable[object],
+) -> dict[str, Any]:
     """Share of matched pairs where the stronger rendition gets the higher arousal.
 
     A pair is two utterances by the same speaker of the same sentence with the
@@ -199,10 +188,11 @@ def intensity_check(
     """
     ar = np.asarray(arousal, dtype=np.float64).ravel()
     lev = np.array([_intensity_level(v) for v in intensity], dtype=np.float64)
-    keys = list(zip(map(str, speakers), map(str, sentences), map(str, labels)))
-    if not (len(ar) == len(lev) == len(keys)):
+    columns = [[str(v) for v in values] for values in (speakers, sentences, labels)]
+    if len({len(ar), len(lev), *(len(c) for c in columns)}) != 1:
         raise ValueError("intensity_check: inputs differ in length")
-    groups: dict[tuple, list[int]] = {}
+    keys = list(zip(*columns, strict=True))
+    groups: dict[tuple[str, ...], list[int]] = {}
     for i, k in enumerate(keys):
         if np.isfinite(lev[i]):
             groups.setdefault(k, []).append(i)
@@ -220,7 +210,7 @@ def intensity_check(
     return {"share": float(wins / n) if n else float("nan"), "n_pairs": n, "n_ties": ties}
 
 
-def mahalanobis_separation(points: np.ndarray, labels: Sequence[str], ridge: float = 1e-6) -> dict:
+def mahalanobis_separation(points: ArrayLike, labels: ArrayLike, ridge: float = 1e-6) -> dict[str, Any]:
     """Mahalanobis distance between every pair of class Gaussians.
 
     d_ij = sqrt((mu_i - mu_j)^T ((S_i + S_j) / 2)^-1 (mu_i - mu_j)): the mean
@@ -246,12 +236,12 @@ def mahalanobis_separation(points: np.ndarray, labels: Sequence[str], ridge: flo
     return {
         "mean": float(vals.mean()) if vals.size else float("nan"),
         "min": float(vals.min()) if vals.size else float("nan"),
-        "min_pair": min(pairs, key=pairs.get) if pairs else None,
+        "min_pair": min(pairs, key=pairs.__getitem__) if pairs else None,
         "pairs": pairs,
     }
 
 
-def anchor_targets(labels: Sequence[str], anchors: Mapping[str, Sequence[float]]) -> np.ndarray:
+def anchor_targets(labels: Iterable[object], anchors: Mapping[str, Sequence[float]]) -> np.ndarray:
     """The (valence, arousal) anchor of every label, as an [n, 2] array."""
     try:
         return np.array([anchors[str(lab)] for lab in labels], dtype=np.float64).reshape(-1, 2)
@@ -259,7 +249,8 @@ def anchor_targets(labels: Sequence[str], anchors: Mapping[str, Sequence[float]]
         raise KeyError(f"no anchor for label {e.args[0]!r}; anchors: {sorted(anchors)}") from None
 
 
-def anchor_agreement(points: np.ndarray, labels: Sequence[str], anchors: Mapping[str, Sequence[float]]) -> dict:
+def anchor_agreement(points: ArrayLike, labels: Iterable[object],
+                     anchors: Mapping[str, Sequence[float]]) -> dict[str, float]:
     """CCC between each prediction and the anchor of its true category, per axis.
 
     The stand-in for dimensional accuracy on corpora with categorical labels
@@ -272,22 +263,23 @@ def anchor_agreement(points: np.ndarray, labels: Sequence[str], anchors: Mapping
     return {"valence": v, "arousal": a, "mean": float((v + a) / 2.0)}
 
 
-def centroid_drift(points: np.ndarray, labels: Sequence[str], anchors: Mapping[str, Sequence[float]]) -> dict:
+def centroid_drift(points: ArrayLike, labels: ArrayLike, anchors: Mapping[str, Sequence[float]]) -> dict[str, Any]:
     """Euclidean distance from every class centroid to its anchor, and their mean."""
     cents = class_centroids(points, labels)
-    per = {c: float(np.hypot(*(m - np.asarray(anchors[c], dtype=np.float64))))
-           for c, m in cents.items() if c in anchors}
+    per = {c: _radius(m - np.asarray(anchors[c], dtype=np.float64)) for c, m in cents.items() if c in anchors}
     return {"per_class": per, "mean": float(np.mean(list(per.values()))) if per else float("nan")}
 
 
-def expected_anchor(probs: np.ndarray, class_labels: Sequence[str], anchors: Mapping[str, Sequence[float]]) -> np.ndarray:
+def expected_anchor(probs: ArrayLike, class_labels: Sequence[str],
+                    anchors: Mapping[str, Sequence[float]]) -> np.ndarray:
     """Probability-weighted mean of the class anchors: a reducer-free (valence, arousal) estimate."""
     table = np.asarray([anchors[c] for c in class_labels], dtype=np.float64)
     return np.asarray(probs, dtype=np.float64) @ table
 
 
-def restricted_predictions(probs: np.ndarray, class_labels: Sequence[str], allowed: Sequence[str]) -> np.ndarray:
+def restricted_predictions(probs: ArrayLike, class_labels: Sequence[str], allowed: Sequence[str]) -> np.ndarray:
     """Arg-max over the classes in ``allowed`` only (a test corpus's own label set)."""
-    class_labels = list(class_labels)
-    cols = [class_labels.index(c) for c in allowed if c in class_labels]
-    return np.asarray([class_labels[c] for c in cols])[np.argmax(np.asarray(probs)[:, cols], axis=1)]
+    names = list(class_labels)
+    cols = [names.index(c) for c in allowed if c in names]
+    predicted: np.ndarray = np.asarray([names[c] for c in cols])[np.argmax(np.asarray(probs)[:, cols], axis=1)]
+    return predicted

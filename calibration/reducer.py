@@ -36,9 +36,10 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
@@ -58,8 +59,11 @@ _MODES = ("seed",)
 _ALIGNS = (None, "similarity", "affine")
 _METHODS = ("fast", "umap")
 
+#: What ``anchors`` may be: {label: (valence, arousal)}, an anchor-set name, a .json path, or None (the full table).
+AnchorsLike = Union[Mapping[str, Sequence[float]], str, Path, None]
 
-def resolve_anchors(anchors: Any, labels: list[str] | None = None) -> dict[str, tuple[float, float]]:
+
+def resolve_anchors(anchors: AnchorsLike, labels: list[str] | None = None) -> dict[str, tuple[float, float]]:
     """Anchors as {canonical label: (valence, arousal)}.
 
     ``anchors`` may be a mapping, an anchor-set name, a .json path, or None (the
@@ -73,7 +77,8 @@ def resolve_anchors(anchors: Any, labels: list[str] | None = None) -> dict[str, 
     elif isinstance(anchors, Mapping):
         table = {canonical_emotion(str(k)): (float(v[0]), float(v[1])) for k, v in anchors.items()}
     else:
-        raise TypeError(f"anchors must be a mapping, an anchor-set name or a .json path, got {type(anchors).__name__}")
+        raise TypeError("anchors must be a mapping, an anchor-set name or a .json path, "
+                        f"got {type(anchors).__name__}")
     table = {k: (float(v[0]), float(v[1])) for k, v in table.items()}
     if labels is None:
         return table
@@ -121,9 +126,9 @@ def _bandwidths(dists: np.ndarray) -> np.ndarray:
     Newton's method in beta = 1 / sigma, where the left side is convex and
     decreasing, so iterates started left of the root rise monotonically to it
     with no overshoot: 3 passes instead of bisection's 23-24 on the
-    embeddings tried, which matters for a single streaming row. The floor uses the row's own mean distance (umap uses the
-    batch mean), so a point is placed the same (to float rounding) alone or in a
-    batch.
+    embeddings tried, which matters for a single streaming row. The floor uses
+    the row's own mean distance (umap uses the batch mean), so a point is placed
+    the same (to float rounding) alone or in a batch.
     """
     n, k = dists.shape
     target = math.log2(k)
@@ -144,10 +149,12 @@ def _bandwidths(dists: np.ndarray) -> np.ndarray:
             break
     with np.errstate(divide="ignore"):
         sigma = np.where(beta > 0, 1.0 / beta, np.inf)
-    return np.maximum(sigma, _MIN_K_DIST_SCALE * dists.mean(axis=1))
+    floored: np.ndarray = np.maximum(sigma, _MIN_K_DIST_SCALE * dists.mean(axis=1))
+    return floored
 
 
-class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
+# scikit-learn ships no type information: its base classes are Any to mypy.
+class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):  # type: ignore[misc, call-arg]
     """Supervised UMAP from emotion embeddings to (valence, arousal) in [-1, 1]^2.
 
     Parameters
@@ -187,27 +194,53 @@ class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
         Let umap-learn print progress.
     """
 
+    # Fitted state (set by ``fit`` or ``from_state``; absent before, as scikit-learn's ``check_is_fitted`` expects).
+    anchors_: dict[str, tuple[float, float]]
+    classes_: np.ndarray
+    umap_: Any  # the in-memory umap.UMAP after fit; None after load
+    n_features_in_: int
+    X_train_: NDArray[np.float32]
+    y_train_: NDArray[np.int64]
+    layout_: NDArray[np.float32]
+    embedding_: NDArray[np.float64]
+    umap_a_: float
+    umap_b_: float
+    input_hash_: str
+    init_min_: np.ndarray
+    init_max_: np.ndarray
+    scale_min_: np.ndarray
+    scale_max_: np.ndarray
+    align_matrix_: np.ndarray
+    align_offset_: np.ndarray
+    align_source_: str | None
+    drift_: dict[str, Any]
+    ref_index_: NDArray[np.int64]
+    ref_out_: NDArray[np.float64]
+    ref_X_: NDArray[np.float32]
+    ref_sqnorm_: np.ndarray
+    fast_k_: int
+
     def __init__(
         self,
-        anchors=None,
-        mode="seed",
-        align=None,
-        n_neighbors=20,
-        min_dist=0.1,
-        target_weight=0.1,
-        n_epochs=150,
-        negative_sample_rate=10,
-        learning_rate=0.01,
-        repulsion_strength=0.1,
-        init_noise=0.01,
-        fast_neighbors=None,
-        fast_max_reference=4096,
-        clip=True,
-        transform_seed=42,
-        random_state=None,
-        n_jobs=-1,
-        verbose=False,
-    ):
+        anchors: AnchorsLike = None,
+        mode: str = "seed",
+        align: str | None = None,
+        n_neighbors: int = 20,
+        min_dist: float = 0.1,
+        target_weight: float = 0.1,
+        n_epochs: int | None = 150,
+        negative_sample_rate: int = 10,
+        learning_rate: float = 0.01,
+        repulsion_strength: float = 0.1,
+        init_noise: float = 0.01,
+        fast_neighbors: int | None = None,
+        fast_max_reference: int = 4096,
+        clip: bool = True,
+        transform_seed: int = 42,
+        random_state: int | np.random.RandomState | None = None,
+        n_jobs: int = -1,
+        verbose: bool = False,
+    ) -> None:
         self.anchors = anchors
         self.mode = mode
         self.align = align
@@ -259,67 +292,32 @@ class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
         samples at (0, 0).
         """
         table = np.asarray([self.anchors_[c] for c in self.classes_], dtype=np.float64)
-        return table[codes] + rng.normal(0.0, float(self.init_noise), size=(len(codes), 2))
+        layout: np.ndarray = table[codes] + rng.normal(0.0, float(self.init_noise), size=(len(codes), 2))
+        return layout
 
     #: an alignment that stretches the unit layout more than this is warned about (points pile up on the clip edge)
     MAX_ALIGN_STRETCH = 2.0
 
-    def fit(self, X, y, X_align=None, y_align=None):
+    def fit(self, X: ArrayLike, y: ArrayLike, X_align: ArrayLike | None = None,
+            y_align: ArrayLike | None = None) -> AnchoredReducer:
         """Fit UMAP on embeddings ``X`` [n, d] with canonical emotion labels ``y``.
 
         ``X_align``/``y_align`` (optional, only with ``align``): held-out
         embeddings, e.g. the validation split, whose class centroids the
         alignment is fitted on instead of the training centroids.
         """
-        import umap  # heavy import (numba); only the fit and the UMAP transform need it
-
         self._check_params()
-        X = np.ascontiguousarray(np.asarray(X, dtype=np.float32))
-        if X.ndim != 2:
-            raise ValueError(f"X must be 2-d [n, d], got shape {X.shape}")
-        if not np.all(np.isfinite(X)):
-            raise ValueError("X contains NaN or infinite values")
-        y = np.asarray([canonical_emotion(str(v)) for v in np.asarray(y).ravel()])
-        if len(y) != len(X):
-            raise ValueError(f"X has {len(X)} rows but y has {len(y)} labels")
-        classes = sorted(set(y.tolist()))
-        if len(classes) < 2:
-            raise ValueError("need at least two emotion classes to fit")
-        n_neighbors = int(self.n_neighbors)
-        if len(X) <= n_neighbors:
-            raise ValueError(f"need more than n_neighbors={n_neighbors} samples, got {len(X)}")
-
+        X_fit, y_fit, classes = self._check_training_data(X, y)
         self.anchors_ = resolve_anchors(self.anchors, classes)
         self.classes_ = np.asarray(classes, dtype=str)
-        codes = np.searchsorted(self.classes_, y)
+        codes = np.searchsorted(self.classes_, y_fit)
         rng, umap_seed = self._seeds()
         init = self.initial_layout(codes, rng)
-
-        reducer = umap.UMAP(
-            n_components=2,
-            n_neighbors=n_neighbors,
-            min_dist=float(self.min_dist),
-            metric="euclidean",
-            target_metric="categorical",
-            target_weight=float(self.target_weight),
-            n_epochs=None if self.n_epochs is None else int(self.n_epochs),
-            negative_sample_rate=int(self.negative_sample_rate),
-            learning_rate=float(self.learning_rate),
-            repulsion_strength=float(self.repulsion_strength),
-            init=init,
-            random_state=umap_seed,
-            transform_seed=int(self.transform_seed),
-            n_jobs=1 if umap_seed is not None else int(self.n_jobs),
-            verbose=bool(self.verbose),
-        )
-        with warnings.catch_warnings():
-            # umap warns that a seeded run is single-threaded; that is the point.
-            warnings.filterwarnings("ignore", message=".*n_jobs value.*")
-            reducer.fit(X, codes)
+        reducer = self._fit_umap(X_fit, codes, init, umap_seed)
 
         self.umap_ = reducer
-        self.n_features_in_ = X.shape[1]
-        self.X_train_ = X
+        self.n_features_in_ = X_fit.shape[1]
+        self.X_train_ = X_fit
         self.y_train_ = codes.astype(np.int64)
         self.layout_ = np.asarray(reducer.embedding_, dtype=np.float32)
         self.umap_a_ = float(reducer._a)
@@ -342,30 +340,7 @@ class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
         # than new speech will).
         self.align_source_ = None
         if self.align is not None:
-            if X_align is not None:
-                if y_align is None:
-                    raise ValueError("X_align needs y_align")
-                src_labels = np.asarray([canonical_emotion(str(v)) for v in np.asarray(y_align).ravel()])
-                src_points = self._transform_fast(X_align)
-                if len(src_labels) != len(src_points):
-                    raise ValueError(f"X_align has {len(src_points)} rows but y_align has {len(src_labels)} labels")
-                self.align_source_ = f"held-out ({len(src_labels)} points)"
-            else:
-                src_points, src_labels = scaled, labels
-                self.align_source_ = "training"
-            used = [c for c in classes if np.any(src_labels == c)]
-            if len(used) < 2:
-                raise ValueError("alignment needs at least two classes present in its data")
-            cents = np.stack([src_points[src_labels == c].mean(axis=0) for c in used])
-            fit_map = _similarity_fit if self.align == "similarity" else _affine_fit
-            self.align_matrix_, self.align_offset_ = fit_map(cents, np.asarray([self.anchors_[c] for c in used]))
-            self.ref_out_ = self._to_output(self.layout_[self.ref_index_], clip=False)
-            stretch = float(np.linalg.svd(self.align_matrix_, compute_uv=False)[0])
-            if stretch > self.MAX_ALIGN_STRETCH:
-                warnings.warn(f"the {self.align} alignment stretches the layout {stretch:.1f}x along one direction: "
-                              "many points will be clipped onto the [-1, 1] boundary (see calibration.metrics."
-                              "boundary_share); align on more speakers, use align='similarity', or none",
-                              stacklevel=2)
+            self._fit_alignment(classes, scaled, labels, X_align, y_align)
         elif X_align is not None:
             raise ValueError("X_align given but align is None")
         unclipped = self._to_output(self.layout_, clip=False)
@@ -381,6 +356,79 @@ class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
             "output": centroid_drift(self.embedding_, labels, self.anchors_),
         }
         return self
+
+    def _check_training_data(self, X: ArrayLike, y: ArrayLike) -> tuple[NDArray[np.float32], np.ndarray, list[str]]:
+        """Contiguous float32 embeddings, canonical labels and the sorted classes, or a ValueError saying why not."""
+        X_fit = np.ascontiguousarray(np.asarray(X, dtype=np.float32))
+        if X_fit.ndim != 2:
+            raise ValueError(f"X must be 2-d [n, d], got shape {X_fit.shape}")
+        if not np.all(np.isfinite(X_fit)):
+            raise ValueError("X contains NaN or infinite values")
+        y_fit = np.asarray([canonical_emotion(str(v)) for v in np.asarray(y).ravel()])
+        if len(y_fit) != len(X_fit):
+            raise ValueError(f"X has {len(X_fit)} rows but y has {len(y_fit)} labels")
+        classes = sorted(set(y_fit.tolist()))
+        if len(classes) < 2:
+            raise ValueError("need at least two emotion classes to fit")
+        n_neighbors = int(self.n_neighbors)
+        if len(X_fit) <= n_neighbors:
+            raise ValueError(f"need more than n_neighbors={n_neighbors} samples, got {len(X_fit)}")
+        return X_fit, y_fit, classes
+
+    def _fit_umap(self, X: NDArray[np.float32], codes: np.ndarray, init: np.ndarray, umap_seed: int | None) -> Any:
+        """umap-learn's supervised UMAP fitted from the anchor layout (umap-learn is untyped: an ``umap.UMAP``)."""
+        import umap  # heavy import (numba); only the fit and the UMAP transform need it
+
+        reducer = umap.UMAP(
+            n_components=2,
+            n_neighbors=int(self.n_neighbors),
+            min_dist=float(self.min_dist),
+            metric="euclidean",
+            target_metric="categorical",
+            target_weight=float(self.target_weight),
+            n_epochs=None if self.n_epochs is None else int(self.n_epochs),
+            negative_sample_rate=int(self.negative_sample_rate),
+            learning_rate=float(self.learning_rate),
+            repulsion_strength=float(self.repulsion_strength),
+            init=init,
+            random_state=umap_seed,
+            transform_seed=int(self.transform_seed),
+            n_jobs=1 if umap_seed is not None else int(self.n_jobs),
+            verbose=bool(self.verbose),
+        )
+        with warnings.catch_warnings():
+            # umap warns that a seeded run is single-threaded; that is the point.
+            warnings.filterwarnings("ignore", message=".*n_jobs value.*")
+            reducer.fit(X, codes)
+        return reducer
+
+    def _fit_alignment(self, classes: list[str], scaled: np.ndarray, labels: np.ndarray,
+                       X_align: ArrayLike | None, y_align: ArrayLike | None) -> None:
+        """Map class centroids (held-out ones when given, else the training layout's) onto their anchors."""
+        if X_align is not None:
+            if y_align is None:
+                raise ValueError("X_align needs y_align")
+            src_labels = np.asarray([canonical_emotion(str(v)) for v in np.asarray(y_align).ravel()])
+            src_points = self._transform_fast(X_align)
+            if len(src_labels) != len(src_points):
+                raise ValueError(f"X_align has {len(src_points)} rows but y_align has {len(src_labels)} labels")
+            self.align_source_ = f"held-out ({len(src_labels)} points)"
+        else:
+            src_points, src_labels = scaled, labels
+            self.align_source_ = "training"
+        used = [c for c in classes if np.any(src_labels == c)]
+        if len(used) < 2:
+            raise ValueError("alignment needs at least two classes present in its data")
+        cents = np.stack([src_points[src_labels == c].mean(axis=0) for c in used])
+        fit_map = _similarity_fit if self.align == "similarity" else _affine_fit
+        self.align_matrix_, self.align_offset_ = fit_map(cents, np.asarray([self.anchors_[c] for c in used]))
+        self.ref_out_ = self._to_output(self.layout_[self.ref_index_], clip=False)
+        stretch = float(np.linalg.svd(self.align_matrix_, compute_uv=False)[0])
+        if stretch > self.MAX_ALIGN_STRETCH:
+            warnings.warn(f"the {self.align} alignment stretches the layout {stretch:.1f}x along one direction: "
+                          "many points will be clipped onto the [-1, 1] boundary (see calibration.metrics."
+                          "boundary_share); align on more speakers, use align='similarity', or none",
+                          stacklevel=3)  # the caller of fit
 
     def _build_fast_index(self, rng: np.random.Generator) -> None:
         n = len(self.X_train_)
@@ -406,24 +454,25 @@ class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
         k = self.n_neighbors if self.fast_neighbors is None else self.fast_neighbors
         self.fast_k_ = int(min(int(k), len(self.ref_index_)))
 
-    def fit_transform(self, X, y=None, **fit_params):
+    def fit_transform(self, X: ArrayLike, y: ArrayLike | None = None, **fit_params: Any) -> NDArray[np.float64]:
         """Fit and return the training layout in output coordinates (``embedding_``)."""
         if y is None:
             raise ValueError("AnchoredReducer is supervised: fit_transform needs labels y")
-        return self.fit(X, y, **fit_params).embedding_.copy()
+        embedding: NDArray[np.float64] = self.fit(X, y, **fit_params).embedding_.copy()
+        return embedding
 
     # ------------------------------------------------------------ transform
-    def _to_output(self, layout: np.ndarray, clip: bool | None = None) -> np.ndarray:
+    def _to_output(self, layout: np.ndarray, clip: bool | None = None) -> NDArray[np.float64]:
         """UMAP coordinates -> (valence, arousal): min-max to [-1, 1], align, clip."""
         span = self.scale_max_ - self.scale_min_
         span = np.where(span > 0, span, 1.0)
         scaled = 2.0 * (np.asarray(layout, dtype=np.float64) - self.scale_min_) / span - 1.0
-        out = scaled @ self.align_matrix_.T + self.align_offset_
+        out: NDArray[np.float64] = scaled @ self.align_matrix_.T + self.align_offset_
         if self.clip if clip is None else clip:
             np.clip(out, -1.0, 1.0, out=out)
         return out
 
-    def transform(self, X, method: str = "fast"):
+    def transform(self, X: ArrayLike, method: str = "fast") -> NDArray[np.float64]:
         """Place embeddings ``X`` [n, d] (or one [d] row) on the circumplex: [n, 2] (valence, arousal)."""
         if method == "fast":
             if not hasattr(self, "ref_out_"):  # cheaper than check_is_fitted on the streaming path
@@ -434,25 +483,25 @@ class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
             return self._transform_umap(X)
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
 
-    def _as_rows(self, X) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float32)
-        if X.ndim == 1:
-            X = X[None, :]
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise ValueError(f"expected embeddings with {self.n_features_in_} features, got shape {X.shape}")
-        if not np.isfinite(X).all():
+    def _as_rows(self, X: ArrayLike) -> NDArray[np.float32]:
+        rows = np.asarray(X, dtype=np.float32)
+        if rows.ndim == 1:
+            rows = rows[None, :]
+        if rows.ndim != 2 or rows.shape[1] != self.n_features_in_:
+            raise ValueError(f"expected embeddings with {self.n_features_in_} features, got shape {rows.shape}")
+        if not np.isfinite(rows).all():
             raise ValueError("embeddings contain NaN or infinite values")
-        return X
+        return rows
 
-    def _transform_fast(self, X, chunk: int = 512) -> np.ndarray:
+    def _transform_fast(self, X: ArrayLike, chunk: int = 512) -> NDArray[np.float64]:
         """Membership-weighted mean of the nearest training points' output coordinates."""
-        X = self._as_rows(X)
-        n = X.shape[0]
+        rows = self._as_rows(X)
+        n = rows.shape[0]
         if n <= chunk:
-            return self._fast_block(X)
-        return np.concatenate([self._fast_block(X[i:i + chunk]) for i in range(0, n, chunk)])
+            return self._fast_block(rows)
+        return np.concatenate([self._fast_block(rows[i:i + chunk]) for i in range(0, n, chunk)])
 
-    def _fast_block(self, X: np.ndarray) -> np.ndarray:
+    def _fast_block(self, X: NDArray[np.float32]) -> NDArray[np.float64]:
         ref = self.ref_X_
         k = self.fast_k_
         m = ref.shape[0]
@@ -478,7 +527,7 @@ class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
         weights = np.exp(-dists / sigma[:, None])
         weights[dists <= 0.0] = 1.0
         total = weights.sum(axis=1, keepdims=True)
-        out = np.einsum("nk,nkc->nc", weights / total, self.ref_out_[idx])
+        out: NDArray[np.float64] = np.einsum("nk,nkc->nc", weights / total, self.ref_out_[idx])
         # A point that coincides with a training point takes its place, as in umap.
         exact = dists[:, 0] <= 0.0
         if exact.any():
@@ -487,15 +536,15 @@ class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
             np.clip(out, -1.0, 1.0, out=out)
         return out
 
-    def _transform_umap(self, X) -> np.ndarray:
-        X = self._as_rows(X)
+    def _transform_umap(self, X: ArrayLike) -> NDArray[np.float64]:
+        rows = self._as_rows(X)
         if getattr(self, "umap_", None) is not None:
-            layout = self.umap_.transform(X)
+            layout = self.umap_.transform(rows)
         else:
-            layout = self._umap_transform_rebuilt(X)
+            layout = self._umap_transform_rebuilt(rows)
         return self._to_output(layout)
 
-    def _umap_transform_rebuilt(self, X: np.ndarray) -> np.ndarray:
+    def _umap_transform_rebuilt(self, X: NDArray[np.float32]) -> np.ndarray:
         """UMAP.transform's algorithm from the saved arrays (exact neighbours); see module doc."""
         import joblib
         import scipy.sparse
@@ -514,8 +563,10 @@ class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
 
         X = np.ascontiguousarray(X, dtype=np.float32)
         if joblib.hash(X) == self.input_hash_:
-            return self.layout_.copy()
-        rng_state = np.random.RandomState(int(self.transform_seed)).randint(INT32_MIN, INT32_MAX, 3).astype(np.int64)
+            training_layout: np.ndarray = self.layout_.copy()
+            return training_layout
+        rng_state = np.random.RandomState(int(self.transform_seed)).randint(INT32_MIN, INT32_MAX, 3)
+        rng_state = rng_state.astype(np.int64)
         train = self.X_train_
         k = int(min(int(self.n_neighbors), len(train) - 1))
         indices = np.empty((len(X), k), dtype=np.int64)
@@ -545,7 +596,7 @@ class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
         graph.data[graph.data < (graph.data.max() / float(n_epochs))] = 0.0
         graph.eliminate_zeros()
         epochs_per_sample = make_epochs_per_sample(graph.data, n_epochs)
-        return optimize_layout_euclidean(
+        layout: np.ndarray = optimize_layout_euclidean(
             embedding,
             self.layout_.astype(np.float32, copy=True),
             graph.row,
@@ -563,8 +614,9 @@ class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
             verbose=False,
             tqdm_kwds={"disable": True},
         )
+        return layout
 
-    def get_feature_names_out(self, input_features=None):
+    def get_feature_names_out(self, input_features: object = None) -> NDArray[np.object_]:
         return np.asarray(["valence", "arousal"], dtype=object)
 
     def warm_up(self, n: int = 20) -> "AnchoredReducer":
@@ -575,8 +627,8 @@ class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
         return self
 
     # -------------------------------------------------------------- state
-    def _json_params(self) -> dict:
-        params = self.get_params(deep=False)
+    def _json_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = self.get_params(deep=False)
         anchors = params["anchors"]
         if isinstance(anchors, Mapping):
             params["anchors"] = {str(k): [float(v[0]), float(v[1])] for k, v in anchors.items()}
@@ -618,7 +670,7 @@ class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
             digest.update(value.tobytes())
         return digest.hexdigest()
 
-    def to_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+    def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """JSON-able parameters and metadata, plus numpy arrays; no pickle anywhere."""
         check_is_fitted(self, "ref_out_")
         import umap
@@ -641,7 +693,7 @@ class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
         return meta, self._state_arrays()
 
     @classmethod
-    def from_state(cls, params: Mapping, arrays: Mapping[str, np.ndarray]) -> "AnchoredReducer":
+    def from_state(cls, params: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> "AnchoredReducer":
         """A fitted reducer from ``to_state``'s output; the fast transform is bit-identical."""
         if params.get("format") != STATE_FORMAT:
             raise ValueError(f"not an anchored-reducer state (format={params.get('format')!r})")
@@ -679,7 +731,7 @@ class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         meta, arrays = self.to_state()
-        np.savez(folder / NPZ_NAME, **arrays)
+        np.savez(folder / NPZ_NAME, allow_pickle=False, **arrays)
         (folder / JSON_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return folder
 

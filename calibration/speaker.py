@@ -16,9 +16,10 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 NORMALIZATION_MODES = ("none", "population", "enrolment")
 #: Emotions whose speech serves as a speaker's baseline in training corpora.
@@ -40,7 +41,7 @@ class SpeakerBaseline:
     source: str = ""
     created: float = field(default_factory=time.time)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "mean": [float(x) for x in np.asarray(self.mean, dtype=np.float64)],
             "n_segments": int(self.n_segments),
@@ -51,7 +52,7 @@ class SpeakerBaseline:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "SpeakerBaseline":
+    def from_json(cls, data: Mapping[str, Any]) -> "SpeakerBaseline":
         return cls(
             mean=np.asarray(data["mean"], dtype=np.float64),
             n_segments=int(data["n_segments"]),
@@ -86,7 +87,7 @@ class FeatureNormalizer:
         self.reference_: np.ndarray | None = None
 
     # ---- fitting -----------------------------------------------------------------
-    def fit(self, features: np.ndarray, labels: Sequence[str] | None = None) -> "FeatureNormalizer":
+    def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> "FeatureNormalizer":
         """Population statistics from (already speaker-shifted) training features.
 
         ``reference_`` is the mean of the baseline emotions' features (neutral
@@ -107,33 +108,37 @@ class FeatureNormalizer:
         """The shift that moves this speaker's baseline onto the population reference."""
         if self.mode != "enrolment" or baseline is None:
             return None
+        if self.reference_ is None:
+            raise RuntimeError("FeatureNormalizer is not fitted")
         mean = baseline.mean if isinstance(baseline, SpeakerBaseline) else np.asarray(baseline)
-        return self.reference_ - mean
+        offset: np.ndarray = self.reference_ - mean
+        return offset
 
     # ---- applying ----------------------------------------------------------------
-    def apply(self, features: np.ndarray, baseline: SpeakerBaseline | np.ndarray | None = None) -> np.ndarray:
+    def apply(self, features: ArrayLike, baseline: SpeakerBaseline | np.ndarray | None = None) -> np.ndarray:
         """Normalize a [n, d] feature array (float32 out)."""
         x = np.asarray(features, dtype=np.float64)
         if self.mode == "none":
             return x.astype(np.float32)
-        if self.mean_ is None:
+        if self.mean_ is None or self.scale_ is None:
             raise RuntimeError("FeatureNormalizer is not fitted")
         offset = self.speaker_offset(baseline)
         if offset is not None:
             if offset.shape[-1] != x.shape[-1]:
                 raise ValueError(f"speaker baseline has {offset.shape[-1]} features, the model has {x.shape[-1]}")
             x = x + offset
-        return ((x - self.mean_) / self.scale_).astype(np.float32)
+        normalized: np.ndarray = ((x - self.mean_) / self.scale_).astype(np.float32)
+        return normalized
 
     # ---- persistence (JSON + arrays, no pickle) ------------------------------------
-    def to_state(self) -> tuple[dict, dict[str, np.ndarray]]:
-        arrays = {}
-        if self.mean_ is not None:
+    def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        arrays: dict[str, np.ndarray] = {}
+        if self.mean_ is not None and self.scale_ is not None and self.reference_ is not None:
             arrays = {"mean": self.mean_, "scale": self.scale_, "reference": self.reference_}
         return {"mode": self.mode, "baseline_emotions": list(BASELINE_EMOTIONS)}, arrays
 
     @classmethod
-    def from_state(cls, params: dict, arrays: dict[str, np.ndarray]) -> "FeatureNormalizer":
+    def from_state(cls, params: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> "FeatureNormalizer":
         normalizer = cls(mode=params.get("mode", "population"))
         if arrays:
             normalizer.mean_ = np.asarray(arrays["mean"], dtype=np.float64)
@@ -151,7 +156,7 @@ class FeatureNormalizer:
 # patient without an enrolment does.
 
 
-def enrolment_masks(labels: Sequence[str], speakers: Sequence[str],
+def enrolment_masks(labels: ArrayLike, speakers: ArrayLike,
                     emotions: Sequence[str] = BASELINE_EMOTIONS) -> dict[str, np.ndarray]:
     """speaker -> boolean mask of that speaker's baseline (enrolment) clips; speakers without any are absent."""
     labels = np.asarray(labels)
@@ -164,8 +169,8 @@ def enrolment_masks(labels: Sequence[str], speakers: Sequence[str],
     return out
 
 
-def baselines_from_clips(features: np.ndarray, labels: Sequence[str], speakers: Sequence[str], model_id: str = "",
-                         emotions: Sequence[str] = BASELINE_EMOTIONS, seconds: Sequence[float] | None = None,
+def baselines_from_clips(features: ArrayLike, labels: ArrayLike, speakers: ArrayLike, model_id: str = "",
+                         emotions: Sequence[str] = BASELINE_EMOTIONS, seconds: ArrayLike | None = None,
                          ) -> dict[str, SpeakerBaseline]:
     """One :class:`SpeakerBaseline` per speaker from the mean features of their neutral/calm clips."""
     features = np.asarray(features, dtype=np.float64)
@@ -177,10 +182,17 @@ def baselines_from_clips(features: np.ndarray, labels: Sequence[str], speakers: 
     return out
 
 
-def estimated_baselines(features: np.ndarray, labels: Sequence[str], speakers: Sequence[str],
-                        known: dict[str, SpeakerBaseline], emotions: Sequence[str] = BASELINE_EMOTIONS,
+def _balanced_mean(features: np.ndarray, labels: np.ndarray, speakers: np.ndarray, who: object,
+                   emotions: Sequence[str]) -> np.ndarray:
+    """The mean over ``emotions`` of one speaker's per-emotion mean features."""
+    means: np.ndarray = np.mean([features[(speakers == who) & (labels == e)].mean(axis=0) for e in emotions], axis=0)
+    return means
+
+
+def estimated_baselines(features: ArrayLike, labels: ArrayLike, speakers: ArrayLike,
+                        known: Mapping[str, SpeakerBaseline], emotions: Sequence[str] = BASELINE_EMOTIONS,
                         ) -> dict[str, SpeakerBaseline]:
-    """Baselines for *training* speakers who have no neutral/calm clips (JL-Corpus), estimated from their other clips.
+    """Baselines for *training* speakers without neutral/calm clips (JL-Corpus), estimated from their other clips.
 
     For such a speaker s, with the emotions E that s shares with the enrolled speakers:
     baseline(s) = mean_{e in E} mean(s, e) - mean_t [mean_{e in E} mean(t, e) - baseline(t)], over the
@@ -201,17 +213,14 @@ def estimated_baselines(features: np.ndarray, labels: Sequence[str], speakers: S
         common = sorted(set.intersection(mine, *[set(labels[speakers == t].tolist()) for t in refs])) if refs else []
         if not common:
             continue
-
-        def balanced_mean(who):
-            return np.mean([features[(speakers == who) & (labels == e)].mean(axis=0) for e in common], axis=0)
-
-        delta = np.mean([balanced_mean(t) - known[t].mean for t in refs], axis=0)
-        out[str(spk)] = SpeakerBaseline(mean=balanced_mean(spk) - delta, n_segments=int((speakers == spk).sum()),
-                                        seconds=0.0, model_id="", source="estimated from " + "/".join(common) + " clips")
+        delta = np.mean([_balanced_mean(features, labels, speakers, t, common) - known[t].mean for t in refs], axis=0)
+        out[str(spk)] = SpeakerBaseline(mean=_balanced_mean(features, labels, speakers, spk, common) - delta,
+                                        n_segments=int((speakers == spk).sum()), seconds=0.0, model_id="",
+                                        source="estimated from " + "/".join(common) + " clips")
     return out
 
 
-def fit_normalizer(features: np.ndarray, labels: Sequence[str], speakers: Sequence[str], mode: str,
+def fit_normalizer(features: ArrayLike, labels: ArrayLike, speakers: ArrayLike, mode: str,
                    estimate_missing: bool = False) -> tuple[FeatureNormalizer, np.ndarray]:
     """Fit a :class:`FeatureNormalizer` on training features and return it with the normalised training features.
 
@@ -245,8 +254,8 @@ def fit_normalizer(features: np.ndarray, labels: Sequence[str], speakers: Sequen
     return normalizer, normalize_speakers(normalizer, features, speakers, baselines)
 
 
-def normalize_speakers(normalizer: FeatureNormalizer, features: np.ndarray, speakers: Sequence[str],
-                       baselines: dict[str, SpeakerBaseline | np.ndarray] | None = None) -> np.ndarray:
+def normalize_speakers(normalizer: FeatureNormalizer, features: ArrayLike, speakers: ArrayLike,
+                       baselines: Mapping[str, SpeakerBaseline | np.ndarray] | None = None) -> np.ndarray:
     """Apply the runtime normalisation to clips of several speakers, each with their own (optional) baseline."""
     speakers = np.asarray(speakers)
     out = np.empty(np.asarray(features).shape, dtype=np.float32)

@@ -34,11 +34,11 @@ def make_clusters(
     classes = list(anchors)
     basis, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
     plane, rest = basis[:, :2], basis[:, 2:]
-    means = []
+    class_means = []
     for c in classes:
         z = rest @ rng.normal(size=dim - 2)
-        means.append(scale * plane @ np.asarray(anchors[c], dtype=np.float64) + offset * z / np.linalg.norm(z))
-    means = np.stack(means)
+        class_means.append(scale * plane @ np.asarray(anchors[c], dtype=np.float64) + offset * z / np.linalg.norm(z))
+    means = np.stack(class_means)
     labels = np.asarray([classes[i % len(classes)] for i in range(n)], dtype=str)
     rng.shuffle(labels)
     codes = np.array([classes.index(c) for c in labels])

@@ -17,6 +17,7 @@ weights, used when no trained model is available) the points mean nothing.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -29,18 +30,18 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from calibration.data import RAVDESS_EMOTIONS
+from monitor.audio.sources import FileSource
+from monitor.history import report
+from monitor.history.aggregate import build_history
+from monitor.history.sink import StoreSink
+from monitor.history.store import Store
+from monitor.live.events import SessionInfo
+from monitor.live.pipeline import MonitorConfig, MonitorPipeline
+from monitor.live.projection import Projector
+from monitor.model.bundle import default_bundle_path, load_bundle
 
-from calibration.data import RAVDESS_EMOTIONS  # noqa: E402
-from monitor import report  # noqa: E402
-from monitor.history.aggregate import build_history  # noqa: E402
-from monitor.model.bundle import default_bundle_path, load_bundle  # noqa: E402
-from monitor.live.events import SessionInfo  # noqa: E402
-from monitor.live.pipeline import MonitorConfig, MonitorPipeline  # noqa: E402
-from monitor.live.projection import Projector  # noqa: E402
-from monitor.audio.sources import FileSource  # noqa: E402
-from monitor.history.store import Store, StoreSink  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # Relative weight of each emotion at the start and the end of the fortnight (linear in between).
 EARLY = {"happy": 4, "calm": 3, "surprised": 2, "neutral": 2, "angry": 1, "sad": 0.3, "fearful": 0.3, "disgust": 0.3}
@@ -81,10 +82,15 @@ def model_folder(arg: str | None, work: Path) -> tuple[Path, str]:
         return Path(arg), "the model bundle given with --model"
     if (default_bundle_path() / "bundle.json").is_file():
         return default_bundle_path(), "the shipped default model"
-    from tests.bundles import egemaps_bundle
-
+    # The test bundle builder lives with the tests, which are not an installed package: load that one file.
+    spec = importlib.util.spec_from_file_location("_test_bundles", REPO / "tests" / "bundles.py")
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {REPO / 'tests' / 'bundles.py'}; give --model")
+    bundles = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundles)
     logging.info("no shipped model yet: building the eGeMAPS test bundle (random head; about a minute)")
-    return egemaps_bundle(work / "test_bundle"), "the eGeMAPS test bundle (random weights: the points are not meaningful)"
+    return (bundles.egemaps_bundle(work / "test_bundle"),
+            "the eGeMAPS test bundle (random weights: the points are not meaningful)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("monitor.history.store").setLevel(logging.ERROR)  # no "created the store" chatter
+    logging.getLogger("monitor.history.schema").setLevel(logging.ERROR)  # no "created the store" chatter
 
     actor_dir = args.ravdess / f"Actor_{int(args.actor):02d}"
     clips: dict[str, list[Path]] = {}
@@ -110,8 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         folder, model_note = model_folder(args.model, work)
-        from monitor.model.emotion import EmotionModel
-
         bundle = load_bundle(folder)
         model = bundle.build_model(device="cpu", precision="fp32")
         projector = Projector(bundle.reducer, bundle.labels)
@@ -134,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                                   patient_id=PATIENT, settings=config.to_dict())
             sink = StoreSink(store, patient_id=PATIENT)
             summary = MonitorPipeline(source, model, projector, sinks=[sink], config=config, session=session).run()
-            if summary.error or sink.dropped:
-                raise SystemExit(f"session {n} failed: {summary.error or f'{sink.dropped} points dropped'}")
+            if summary.error or sink.dropped_points:
+                raise SystemExit(f"session {n} failed: {summary.error or f'{sink.dropped_points} points dropped'}")
             # replayed in seconds, dated as if it had been live on the simulated day
             store.retime_session(session.session_id, simulated.timestamp(), as_live=True,
                                  duration=summary.audio_seconds)

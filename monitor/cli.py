@@ -1,19 +1,37 @@
-"""``mood-monitor`` / ``python run_monitor.py``: run a live (or replayed) mood-monitoring session."""
+"""``mood-monitor`` / ``python run_monitor.py``: run a live (or replayed) mood-monitoring session.
+
+The same program hosts the other everyday commands as subcommands
+(``mood-monitor report``, ``mood-monitor data``); each is also its module's
+own ``python -m``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-from monitor.live.heatmap import HeatmapConfig
 from monitor.audio.segmenter import VadConfig
+from monitor.live.heatmap import HeatmapConfig
 from monitor.live.worker import WorkerConfig
+
+if TYPE_CHECKING:  # the heavy modules (torch, the store) load only when a session starts, so --help is quick
+    from calibration.speaker import SpeakerBaseline
+    from monitor.audio.sources import AudioSource
+    from monitor.history.store import Store
+    from monitor.live.events import PointSink
+    from monitor.live.pipeline import MonitorPipeline
+    from monitor.model.bundle import ModelBundle
+    from monitor.model.emotion import EmotionModel
 
 log = logging.getLogger("monitor")
 
@@ -30,6 +48,10 @@ examples:
   mood-monitor --device 2                        # use input device 2
   mood-monitor --input session.wav --fast --jsonl -   # replay a file as fast as possible, points to stdout
   mood-monitor --model my_bundle/ --compute cuda # your own model bundle on a GPU
+
+other commands (each has its own --help):
+  mood-monitor report --patient P-017 --days 14 --out p017.pdf   # a patient's days and weeks
+  mood-monitor data export --patient P-017 --out p017/           # list, export, assign, delete stored data
 """
 
 
@@ -39,12 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_argument_group("audio input")
     src.add_argument("--input", metavar="FILE", help="replay a WAV/FLAC/OGG recording instead of the microphone "
                      "(any sample rate or channel count)")
-    src.add_argument("--fast", action="store_true", help="with --input: run as fast as possible instead of in real time")
-    src.add_argument("--device", metavar="ID", help="microphone: device number or name (see --list-devices); default: the system's")
+    src.add_argument("--fast", action="store_true",
+                     help="with --input: run as fast as possible instead of in real time")
+    src.add_argument("--device", metavar="ID",
+                     help="microphone: device number or name (see --list-devices); default: the system's")
     src.add_argument("--list-devices", action="store_true", help="print the audio devices and exit")
 
     model = p.add_argument_group("model")
-    model.add_argument("--model", metavar="BUNDLE", help="model bundle folder (default: the shipped eGeMAPS model)")
+    model.add_argument("--model", metavar="BUNDLE",
+                       help="model bundle: a shipped one by name (default, egemaps), a bundle folder, or a Hugging "
+                            "Face Hub repo id such as org/name (default: the shipped default model)")
     model.add_argument("--compute", default="auto", metavar="DEV",
                        help="where the model runs: auto (CUDA if present, else CPU), cpu, cuda, cuda:1 (default: auto)")
     model.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
@@ -53,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--threads", type=int, metavar="N",
                        help="CPU threads for the model (default: PyTorch's choice; use 1 per session when one "
                             "machine runs several monitors)")
-    model.add_argument("--max-batch", type=int, default=8, metavar="N", help="segments embedded together at most (default: 8)")
+    model.add_argument("--max-batch", type=int, default=8, metavar="N",
+                       help="segments embedded together at most (default: 8)")
     model.add_argument("--max-wait-ms", type=float, default=0.0, metavar="MS",
                        help="how long the worker waits for more segments to batch; 0 = take only what is already "
                             "waiting, the lowest latency for one speaker (default: 0)")
@@ -66,9 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="look-back window that decides speech onset, kept as pre-roll (default: 300)")
     vad.add_argument("--end-padding-ms", type=int, default=600, metavar="MS",
                      help="silence that ends a segment (default: 600)")
-    vad.add_argument("--min-segment", type=float, default=0.5, metavar="S", help="drop speech shorter than this (default: 0.5 s)")
+    vad.add_argument("--min-segment", type=float, default=0.5, metavar="S",
+                     help="drop speech shorter than this (default: 0.5 s)")
     vad.add_argument("--max-segment", type=float, default=6.0, metavar="S",
-                     help="cut longer speech into windows of this length, so a monologue still yields points (default: 6 s)")
+                     help="cut longer speech into windows of this length, so a monologue still yields points "
+                          "(default: 6 s)")
 
     hm = p.add_argument_group("heat map")
     hm.add_argument("--heatmap-bins", type=int, default=48, metavar="N", help="cells per axis (default: 48)")
@@ -76,25 +105,34 @@ def build_parser() -> argparse.ArgumentParser:
                     help="decay: old speech fades with a half-life; window: only the last --window seconds count")
     hm.add_argument("--half-life", type=float, default=120.0, metavar="S", help="decay half-life (default: 120 s)")
     hm.add_argument("--window", type=float, default=300.0, metavar="S", help="window length (default: 300 s)")
-    hm.add_argument("--smoothing", type=float, default=1.0, metavar="CELLS", help="Gaussian blur of the map (default: 1 cell; 0 = none)")
+    hm.add_argument("--smoothing", type=float, default=1.0, metavar="CELLS",
+                    help="Gaussian blur of the map (default: 1 cell; 0 = none)")
 
     dash = p.add_argument_group("dashboard (websocket + web page, same port)")
     dash.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard server")
     dash.add_argument("--host", default="127.0.0.1",
-                      help="address to bind (default: 127.0.0.1, this computer only; 0.0.0.0 exposes clinical data to the network)")
-    dash.add_argument("--port", type=int, default=8765, help="port for the page and the websocket (default: 8765; 0 = any free port)")
-    dash.add_argument("--token", help="access token the page and websocket require (default: a new random one, printed at start)")
+                      help="address to bind (default: 127.0.0.1, this computer only; 0.0.0.0 exposes clinical data "
+                           "to the network)")
+    dash.add_argument("--port", type=int, default=8765,
+                      help="port for the page and the websocket (default: 8765; 0 = any free port)")
+    dash.add_argument("--token",
+                      help="access token the page and websocket require (default: a new random one, printed at start)")
     dash.add_argument("--certfile", help="TLS certificate (PEM) to serve https/wss")
     dash.add_argument("--keyfile", help="TLS private key (PEM) for --certfile")
     dash.add_argument("--linger", type=float, default=0.0, metavar="S",
                       help="keep the dashboard up this long after the session ends (Ctrl-C quits sooner; default: 0)")
 
     store = p.add_argument_group("storage (every point is kept per patient; no audio unless asked)")
-    store.add_argument("--patient", metavar="ID", help="pseudonymous patient id the session belongs to (no names needed)")
-    store.add_argument("--db", metavar="PATH", help="SQLite file to store sessions in (default: DATA_DIR/mood-monitor.sqlite)")
-    store.add_argument("--data-dir", metavar="DIR", help="data folder (default: $MOOD_MONITOR_DATA_DIR or ~/.local/share/mood-monitor)")
-    store.add_argument("--no-store", action="store_true", help="keep nothing on disk (points still go to --jsonl and the dashboard)")
-    store.add_argument("--keep-audio", action="store_true", help="also store each speech segment's audio (off by default: clinical data)")
+    store.add_argument("--patient", metavar="ID",
+                       help="pseudonymous patient id the session belongs to (no names needed)")
+    store.add_argument("--db", metavar="PATH",
+                       help="SQLite file to store sessions in (default: DATA_DIR/mood-monitor.sqlite)")
+    store.add_argument("--data-dir", metavar="DIR",
+                       help="data folder (default: $MOOD_MONITOR_DATA_DIR or ~/.local/share/mood-monitor)")
+    store.add_argument("--no-store", action="store_true",
+                       help="keep nothing on disk (points still go to --jsonl and the dashboard)")
+    store.add_argument("--keep-audio", action="store_true",
+                       help="also store each speech segment's audio (off by default: clinical data)")
     store.add_argument("--enroll", metavar="FILE",
                        help="with --patient: record FILE (30-60 s of calm speech) as the patient's baseline, then exit "
                             "unless --input is also given; later sessions reuse it")
@@ -106,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _configs(args) -> tuple[VadConfig, WorkerConfig, HeatmapConfig]:
+def _configs(args: argparse.Namespace) -> tuple[VadConfig, WorkerConfig, HeatmapConfig]:
     vad = VadConfig(aggressiveness=args.vad_aggressiveness, frame_ms=args.frame_ms,
                     start_padding_ms=args.start_padding_ms, end_padding_ms=args.end_padding_ms,
                     min_segment_s=args.min_segment, max_segment_s=args.max_segment)
@@ -117,7 +155,7 @@ def _configs(args) -> tuple[VadConfig, WorkerConfig, HeatmapConfig]:
     return vad, worker, heatmap
 
 
-def _open_source(args, frame_ms: int):
+def _open_source(args: argparse.Namespace, frame_ms: int) -> AudioSource:
     from monitor.audio.sources import FileSource, MicrophoneSource
 
     if args.input:
@@ -129,13 +167,13 @@ def _open_source(args, frame_ms: int):
 
 
 @contextlib.contextmanager
-def graceful_interrupts(pipeline):
+def graceful_interrupts(pipeline: MonitorPipeline) -> Iterator[None]:
     """First Ctrl-C (or SIGTERM) ends the session gracefully: queues drain, outputs flush. A second one aborts."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: FrameType | None) -> None:
         if pipeline.stopping:
             raise KeyboardInterrupt
         log.info("ending the session: finishing queued speech (Ctrl-C again to abort)")
@@ -149,109 +187,104 @@ def graceful_interrupts(pipeline):
             signal.signal(sig, old)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if args.fast and not args.input:
-        parser.error("--fast only applies to --input replay")
+@dataclass
+class _Setup:
+    """What a session needs, prepared before anything is recorded."""
 
-    from transformers.utils import logging as hf_logging
+    bundle: ModelBundle
+    model: EmotionModel
+    device: str
+    store: Store | None
+    baseline: SpeakerBaseline | None
+    source: AudioSource | None  # None: enrolment only, nothing to monitor
 
-    hf_logging.disable_progress_bar()  # weight-loading bars would clutter the session output
+
+class _SetupError(Exception):
+    """A problem found before the session starts (exit 2, message on stderr)."""
+
+
+def _prepare(args: argparse.Namespace, vad: VadConfig, worker: WorkerConfig) -> _Setup:
     from monitor.audio.io import AudioInputError
-    from monitor.model.bundle import BundleError, load_bundle
-    from monitor.audio.sources import list_devices
-
-    if args.list_devices:
-        try:
-            print(list_devices())
-            return EXIT_OK
-        except AudioInputError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_SETUP
-
-    try:
-        vad, worker_cfg, heatmap_cfg = _configs(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    if args.enroll and not args.patient:
-        parser.error("--enroll needs --patient ID: the baseline is kept with that patient")
-    if args.enroll and args.no_store:
-        parser.error("--enroll keeps the baseline in the store; it cannot be used with --no-store")
-
-    from monitor.model.base import BackboneLoadError
     from monitor.audio.segmenter import segment_file
+    from monitor.history.store import Store
+    from monitor.model.base import BackboneLoadError
+    from monitor.model.bundle import BundleError, load_bundle
+    from monitor.model.emotion import choose_device
     from monitor.model.enrolment import EnrolmentError, enroll
-    from monitor.live.events import SessionInfo
-    from monitor.model.emotion import EmotionModel, choose_device
-    from monitor.live.outputs import JsonlSink
-    from monitor.live.pipeline import MonitorConfig, MonitorPipeline, OutputStartError, new_session_id
-    from monitor.live.projection import Projector
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    store = None
-    baseline = None
     try:
         bundle = load_bundle(args.model)
-        device = choose_device(worker_cfg.device)
-        model = bundle.build_model(device=str(device), precision=worker_cfg.precision)
-        projector = Projector(bundle.reducer, bundle.labels)
-        if not args.no_store:
-            from monitor.history.store import Store, default_db_path
-
-            store = Store.open(args.db or default_db_path(args.data_dir))
+        device = choose_device(worker.device)
+        model = bundle.build_model(device=str(device), precision=worker.precision)
+        store = None if args.no_store else Store.open(args.db or _default_db(args.data_dir))
+        baseline = None
         if args.enroll:
+            assert store is not None  # --enroll with --no-store is refused while parsing
             segments = [s.audio for s in segment_file(args.enroll, vad)]
             baseline = enroll(model, segments, model_id=bundle.model_id, source=Path(args.enroll).name)
             store.set_baseline(args.patient, baseline.to_json(), bundle.model_id)
             print(f"patient {args.patient} enrolled from {baseline.seconds:.0f} s of speech; later sessions "
                   f"with --patient {args.patient} use this baseline", file=sys.stderr)
-            if not args.input:
-                return EXIT_OK
         elif args.patient and store is not None and model.normalizer.mode == "enrolment":
             baseline = store.current_baseline(args.patient, bundle.model_id)
-        source = _open_source(args, vad.frame_ms)
-    except (AudioInputError, BundleError, BackboneLoadError, EnrolmentError, RuntimeError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_SETUP
+        source = _open_source(args, vad.frame_ms) if args.input or not args.enroll else None
+    except (AudioInputError, BundleError, BackboneLoadError, EnrolmentError, RuntimeError, ValueError,
+            OSError) as exc:
+        raise _SetupError(str(exc)) from exc
+    return _Setup(bundle, model, str(device), store, baseline, source)
 
-    config = MonitorConfig(vad=vad, worker=worker_cfg, heatmap=heatmap_cfg)
+
+def _default_db(data_dir: str | None) -> Path:
+    from monitor.history.store import default_db_path
+
+    return default_db_path(data_dir)
+
+
+def _build_pipeline(args: argparse.Namespace, setup: _Setup, source: AudioSource, vad: VadConfig,
+                    worker: WorkerConfig, heatmap: HeatmapConfig) -> MonitorPipeline:
+    """The session's pipeline with its outputs: JSONL, the store and the dashboard (started first)."""
+    from monitor.live.events import SessionInfo
+    from monitor.live.outputs import JsonlSink
+    from monitor.live.pipeline import MonitorConfig, MonitorPipeline, new_session_id
+    from monitor.live.projection import Projector
+
+    bundle, model, baseline = setup.bundle, setup.model, setup.baseline
+    config = MonitorConfig(vad=vad, worker=worker, heatmap=heatmap)
     settings = config.to_dict()
     settings["normalization"] = model.normalizer.mode
     settings["speaker_baseline"] = None if baseline is None else {
         "source": baseline.source, "created": baseline.created, "seconds": baseline.seconds}
     session = SessionInfo(
         session_id=new_session_id(), started_at=time.time(), model_id=bundle.model_id, model_version=bundle.version,
-        device=str(device), labels=tuple(bundle.labels), source=source.description,
+        device=setup.device, labels=tuple(bundle.labels), source=source.description,
         settings=settings, patient_id=args.patient,
     )
     if model.normalizer.mode == "enrolment":
         log.info("speaker calibration: %s", "the patient's enrolment baseline" if baseline is not None
                  else "population statistics (no enrolment for this patient and model)")
-    sinks = []
+    sinks: list[PointSink] = []
     if args.jsonl:
         sinks.append(JsonlSink(args.jsonl))
-    if store is not None:
-        from monitor.history.store import StoreSink
+    if setup.store is not None:
+        from monitor.history.sink import StoreSink
 
-        sinks.append(StoreSink(store, patient_id=args.patient, keep_audio=args.keep_audio))
-    server = None
+        sinks.append(StoreSink(setup.store, patient_id=args.patient, keep_audio=args.keep_audio))
+    pipeline = MonitorPipeline(source, model, Projector(bundle.reducer, bundle.labels), sinks=sinks, config=config,
+                               session=session, baseline=baseline)
     if not args.no_dashboard:
         from monitor.serve.server import DashboardServer, ServerConfig
 
         server = DashboardServer(ServerConfig(host=args.host, port=args.port, token=args.token,
                                               certfile=args.certfile, keyfile=args.keyfile, linger_s=args.linger),
-                                 store=store)
-        sinks.insert(0, server)  # started first: a busy port must fail before the store records a session
-    pipeline = MonitorPipeline(source, model, projector, sinks=sinks, config=config, session=session, baseline=baseline)
-    if server is not None:
-        server.controls = pipeline  # pause/resume/mark from the dashboard
-    log.info("session %s: %s on %s, model %s", session.session_id, source.description, device, bundle.model_id)
+                                 store=setup.store, controls=pipeline)  # pause/resume/mark from the dashboard
+        pipeline.add_sink(server, first=True)  # started first: a busy port must fail before the store records a session
+    log.info("session %s: %s on %s, model %s", session.session_id, source.description, setup.device, bundle.model_id)
+    return pipeline
+
+
+def _run_session(args: argparse.Namespace, pipeline: MonitorPipeline) -> int:
+    from monitor.live.pipeline import OutputStartError
+
     if not args.input:
         log.info("listening; press Ctrl-C to end the session")
     with graceful_interrupts(pipeline):
@@ -265,10 +298,66 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_INTERRUPTED
     print(summary.format(), file=sys.stderr)
     if args.summary_json:
-        import json
-
         Path(args.summary_json).write_text(json.dumps(summary.to_dict(), indent=2))
     return EXIT_ENDED_EARLY if summary.error else EXIT_OK
+
+
+def _subcommands() -> dict[str, Callable[[Sequence[str] | None], int]]:
+    from monitor.history import data, report
+
+    return {"report": report.main, "data": data.main}
+
+
+SUBCOMMANDS = ("report", "data")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return _subcommands()[argv[0]](argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.fast and not args.input:
+        parser.error("--fast only applies to --input replay")
+    if args.list_devices:
+        return _list_devices()
+    try:
+        vad, worker, heatmap = _configs(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.enroll and not args.patient:
+        parser.error("--enroll needs --patient ID: the baseline is kept with that patient")
+    if args.enroll and args.no_store:
+        parser.error("--enroll keeps the baseline in the store; it cannot be used with --no-store")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # weight-loading bars clutter the output
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        setup = _prepare(args, vad, worker)
+    except _SetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_SETUP
+    if setup.source is None:
+        return EXIT_OK  # enrolment only
+    return _run_session(args, _build_pipeline(args, setup, setup.source, vad, worker, heatmap))
+
+
+def _list_devices() -> int:
+    from monitor.audio.io import AudioInputError
+    from monitor.audio.sources import list_devices
+
+    try:
+        print(list_devices())
+        return EXIT_OK
+    except AudioInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_SETUP
 
 
 if __name__ == "__main__":  # pragma: no cover

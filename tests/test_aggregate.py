@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 import pytest
 
-from monitor.history.aggregate import AggregateConfig, build_history, cells, dispersion, grid_entropy, heatmap_grid, history_json, period_metrics, point_weights, quadrant_shares, series, session_summary, weighted_mean_ci
+from monitor.history.aggregate import (AggregateConfig, build_history, cells, dispersion, grid_entropy,
+                                      group_positions, heatmap_grid, history_json, period_metrics, point_weights,
+                                      quadrant_shares, series, session_codes, session_summary, weighted_mean_ci)
 from monitor.live.events import Point, SessionInfo
 from monitor.live.heatmap import cell_of
 from monitor.history.store import Store
@@ -20,7 +22,8 @@ def test_cells_agree_with_the_live_heatmap():
     rng = np.random.default_rng(1)
     v, a = rng.uniform(-1.3, 1.3, 200), rng.uniform(-1.3, 1.3, 200)
     rows, cols = cells(v, a, 24)
-    assert [(int(r), int(c)) for r, c in zip(rows, cols)] == [cell_of(x, y, 24) for x, y in zip(v, a)]
+    expected = [cell_of(x, y, 24) for x, y in zip(v, a, strict=True)]
+    assert [(int(r), int(c)) for r, c in zip(rows, cols, strict=True)] == expected
 
 
 def test_weights_are_duration_times_confidence():
@@ -224,3 +227,67 @@ def test_session_summary(store):
     assert s["heatmap"]["grid"][row][col] == approx(1.0)  # the confidence-0 point adds nothing
     with pytest.raises(KeyError):
         session_summary(store, "nope")
+
+
+# ---- grouping: one sort instead of a mask per period ----------------------------------------
+def test_group_positions_and_session_codes_match_masks():
+    rng = np.random.default_rng(7)
+    keys = rng.integers(-3, 40, 5000)
+    groups = group_positions(keys, 35)  # keys below 0 and from 35 up belong to no group
+    assert len(groups) == 35
+    for g, which in enumerate(groups):
+        np.testing.assert_array_equal(which, np.flatnonzero(keys == g))
+    ids = [f"s{i}" for i in rng.permutation(30)]
+    point_sessions = np.asarray([ids[i] for i in np.sort(rng.integers(0, 30, 3000))] + ["s3", "s3", ids[0]],
+                                dtype=object)  # mostly grouped, as the store returns them, plus stray runs
+    codes = session_codes(point_sessions, ids)
+    assert codes.tolist() == [ids.index(s) for s in point_sessions]
+    assert session_codes(np.asarray([], dtype=object), ids).tolist() == []
+
+
+def test_grouped_history_equals_a_per_period_computation(tmp_path):
+    """build_history groups points once; a straightforward mask per day, week and session gives the same JSON."""
+    from calibration.jsonable import to_jsonable
+    from monitor.history.aggregate import iso_week, local_date, resolve_tz, summarize
+
+    rng = np.random.default_rng(11)
+    zone_name, start, end = "America/New_York", date(2024, 2, 26), date(2024, 4, 9)  # spans a DST change
+    zone = resolve_tz(zone_name)
+    with Store.open(tmp_path / "r.sqlite") as s:
+        first = ts(2024, 2, 20)
+        for k in range(60):
+            started = first + float(rng.uniform(0, 55 * 86400))
+            points = [(float(rng.uniform(-1, 1)), float(rng.uniform(-1, 1)), float(rng.uniform(0.2, 5)),
+                       float(rng.uniform(0, 1))) for _ in range(int(rng.integers(0, 40)))]
+            add_session(s, f"r{k:02d}", started, points, patient="P1" if k % 7 else "P2")
+        cfg = AggregateConfig(bins=12, smoothing_sigma=0.7)
+        got = build_history(s, "P1", start, end, tz=zone_name, config=cfg, weeks=True, session_detail=True,
+                            overall=True)
+
+        sessions = s.sessions("P1", start=datetime.combine(start, datetime.min.time(), zone).timestamp(),
+                              end=datetime.combine(end, datetime.min.time(), zone).timestamp() + 86400 * 2)
+        table = s.points([x.session_id for x in sessions])
+        day_of = {x.session_id: local_date(x.started_at, zone) for x in sessions}
+        point_date = [day_of[sid] for sid in table.session]
+        days = []
+        for i in range((end - start).days + 1):
+            d = start + timedelta(days=i)
+            mask = np.asarray([p == d for p in point_date], dtype=bool)
+            days.append(to_jsonable({"date": d.isoformat(), **summarize(table.select(mask), cfg)}, digits=6))
+        assert got["days"] == days
+        monday, weeks = start - timedelta(days=start.weekday()), []
+        while monday <= end:
+            lo, hi = max(monday, start), min(monday + timedelta(days=6), end)
+            mask = np.asarray([lo <= p <= hi for p in point_date], dtype=bool)
+            weeks.append(to_jsonable({"week": iso_week(monday), "start": lo.isoformat(), "end": hi.isoformat(),
+                                      **summarize(table.select(mask), cfg)}, digits=6))
+            monday += timedelta(days=7)
+        assert got["weeks"] == weeks
+        in_range = [x for x in sessions if start <= day_of[x.session_id] <= end]
+        assert [r["session_id"] for r in got["sessions"]] == [x.session_id for x in in_range]
+        for row, x in zip(got["sessions"], in_range, strict=True):
+            detail = to_jsonable(summarize(table.select(table.session == x.session_id), cfg), digits=6)
+            assert row["heatmap"] == detail["heatmap"] and row["metrics"] == detail["metrics"]
+            assert row["points"] == int((table.session == x.session_id).sum())
+        assert sum(d["metrics"]["points"] for d in got["days"]) == len(table.select(
+            np.asarray([start <= p <= end for p in point_date], dtype=bool)))

@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 
 from monitor.audio.io import AudioInputError, AudioStats, read_audio
-from monitor.model.base import SAMPLE_RATE
+from monitor.model.audio_format import SAMPLE_RATE
 from monitor.audio.sources import FileSource, FrameChunker
 from tests.synth import voiced
 

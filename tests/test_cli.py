@@ -22,7 +22,8 @@ def test_replay_prints_points_within_the_clip(ravdess_clips, tiny_bundle):
     clip = ravdess_clips[10]
     duration = sf.info(str(clip)).duration
     proc = subprocess.run(
-        [sys.executable, "run_monitor.py", "--input", str(clip), "--fast", "--model", str(tiny_bundle), "--jsonl", "-", *QUIET],
+        [sys.executable, "run_monitor.py", "--input", str(clip), "--fast", "--model", str(tiny_bundle), "--jsonl", "-",
+         *QUIET],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
@@ -40,7 +41,8 @@ def test_help_teaches_the_main_flags(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--input", "--fast", "--model", "--device", "--list-devices", "--jsonl", "--max-segment", "--vad-aggressiveness"):
+    for flag in ("--input", "--fast", "--model", "--device", "--list-devices", "--jsonl", "--max-segment",
+                 "--vad-aggressiveness"):
         assert flag in text
 
 

@@ -170,7 +170,8 @@ def test_mead_synthetic_layout(tmp_path):
     _tone(root / "M003" / "audio" / "happy" / "level_3" / "002.flac", fmt="FLAC")
     (root / "M003" / "audio" / "happy" / "level_3" / "003.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A not audio")
     m = load_mead(root, n_test_speakers=1, n_val_speakers=0)
-    assert sorted(set(m.labels)) == sorted(["angry", "contempt", "disgust", "fearful", "happy", "neutral", "sad", "surprised"])
+    assert sorted(set(m.labels)) == sorted(["angry", "contempt", "disgust", "fearful", "happy", "neutral", "sad",
+                                            "surprised"])
     assert set(m.speakers) == {"mead:M003", "mead:W009"}
     level3 = [it for it in m if it.intensity == "level_3"]
     assert len(level3) == 1 and level3[0].label == "happy"
@@ -192,7 +193,8 @@ def test_emodb_and_cremad_synthetic_names(tmp_path):
     assert {it.split for it in m if it.speaker in ("emodb:15", "emodb:16")} == {"test"}
 
     crema = tmp_path / "crema" / "AudioWAV"
-    for i, (emo, lvl) in enumerate([("ANG", "HI"), ("DIS", "XX"), ("FEA", "LO"), ("HAP", "MD"), ("NEU", "XX"), ("SAD", "HI")]):
+    codes = [("ANG", "HI"), ("DIS", "XX"), ("FEA", "LO"), ("HAP", "MD"), ("NEU", "XX"), ("SAD", "HI")]
+    for i, (emo, lvl) in enumerate(codes):
         _tone(crema / f"10{i + 1:02d}_DFA_{emo}_{lvl}.wav", sr=22050)  # another rate: read and resampled
     _tone(crema / "1001_IEO_XYZ_HI.wav")
     m = load_cremad(crema.parent, n_test_speakers=2, n_val_speakers=1)
@@ -263,7 +265,8 @@ def test_fold_assignment_is_speaker_independent():
     items = Manifest()
     from training.corpora import Item
 
-    items.items = [Item(path=f"{s}_{k}.wav", label="happy", speaker=f"c:{s}", corpus="c") for s in range(10) for k in range(3)]
+    items.items = [Item(path=f"{s}_{k}.wav", label="happy", speaker=f"c:{s}", corpus="c")
+                   for s in range(10) for k in range(3)]
     folds = speaker_folds(items, 5, seed=3)
     for s in range(10):
         assert len(set(folds[items.speakers == f"c:{s}"])) == 1

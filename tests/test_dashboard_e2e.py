@@ -6,7 +6,7 @@ back to the page, a dropped connection resyncs from the snapshot (including a
 point it missed while offline), the page ends in exactly the pipeline's state,
 the layout fits a tablet, and the browser logs no errors. Saves screenshots
 (to MOOD_MONITOR_SCREENSHOT as well, when set, to refresh docs/dashboard.png;
-MOOD_MONITOR_E2E_MODEL=monitor/default_model runs it on the shipped model).
+MOOD_MONITOR_E2E_MODEL=monitor/model/bundles/egemaps runs it on the shipped model).
 
 Needs Debian's chromium (or MOOD_MONITOR_CHROMIUM) and the playwright Python
 package; the monitor takes ~20 s to start (model and numba imports).
@@ -42,7 +42,8 @@ EMOTIONS = ("03", "04", "05", "06")
 def playwright_api():
     if not Path(CHROMIUM).exists():
         pytest.skip(f"Chromium not found at {CHROMIUM} (install Debian's chromium or set MOOD_MONITOR_CHROMIUM)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+    from playwright import sync_api  # a test dependency: a broken install must fail, not skip
+
     with sync_api.sync_playwright() as pw:
         yield pw
 
@@ -136,7 +137,9 @@ HEAT_SIGNATURE = """() => {
   const c = document.getElementById('heat-layer');
   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
   let lit = 0, sum = 0;
-  for (let i = 0; i < d.length; i += 4) { if (d[i + 3] > 0) { lit++; sum += d[i] * 3 + d[i + 1] * 5 + d[i + 2] * 7 + d[i + 3]; } }
+  for (let i = 0; i < d.length; i += 4) {
+    if (d[i + 3] > 0) { lit++; sum += d[i] * 3 + d[i + 1] * 5 + d[i + 2] * 7 + d[i + 3]; }
+  }
   return [lit, sum];
 }"""
 
@@ -150,7 +153,7 @@ CANVAS_LIT = """(id) => {
 
 
 def test_live_dashboard_end_to_end(playwright_api, session_wav, tiny_bundle, tmp_path):
-    # MOOD_MONITOR_E2E_MODEL: another bundle (e.g. monitor/default_model, for the docs screenshot)
+    # MOOD_MONITOR_E2E_MODEL: another bundle (e.g. monitor/model/bundles/egemaps, for the docs screenshot)
     bundle = Path(os.environ.get("MOOD_MONITOR_E2E_MODEL") or tiny_bundle)
     monitor = Monitor(session_wav, bundle, tmp_path / "points.jsonl")
     browser = None
@@ -260,9 +263,11 @@ def test_live_dashboard_end_to_end(playwright_api, session_wav, tiny_bundle, tmp
 
 
 def test_history_view(playwright_api, tmp_path):
-    """The History tab draws a patient's real aggregated history: a temporary store, monitor.history.aggregate, the endpoint."""
-    store_mod = pytest.importorskip("monitor.history.store", reason="monitor.history.store is not available")
-    pytest.importorskip("monitor.history.aggregate", reason="monitor.history.aggregate is not available")
+    """The History tab draws a patient's real aggregated history.
+
+    A temporary store, monitor.history.aggregate and the endpoint, all real.
+    """
+    from monitor.history import store as store_mod
     from monitor.live.events import Point, SessionInfo
     from monitor.live.heatmap import RollingHeatmap
     from monitor.serve.server import DashboardServer, ServerConfig
@@ -314,7 +319,8 @@ def test_history_view(playwright_api, tmp_path):
               if (d[i + 3] > 100 && hi - lo > 40) n++; }
             return n; })""")
         empty = page.evaluate("[...document.querySelectorAll('#history-grid .day')].map(d => d.dataset.empty)")
-        assert all((n > 0) == (e == "false") for n, e in zip(lit, empty)), (lit, empty)  # heat maps on speech days only
+        # heat maps on speech days only
+        assert all((n > 0) == (e == "false") for n, e in zip(lit, empty, strict=False)), (lit, empty)
         page.select_option("#history-days", "30")
         page.click("#history-form button[type=submit]")
         wait_until(page, "document.querySelectorAll('#history-grid .day').length === 30", 20, "30 small multiples")

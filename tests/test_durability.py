@@ -114,7 +114,7 @@ def test_sigkill_mid_session(tmp_path, tiny_bundle, ravdess_clips):
             assert row[key] == pytest.approx(emitted[i][key], abs=1e-9), key
     lost = sorted(set(emitted) - set(stored))
     ages = [killed_at - emitted[i]["wall_time"] for i in lost]
-    assert all(age < 1.0 for age in ages), f"lost points older than 1 s: {list(zip(lost, ages))}"
+    assert all(age < 1.0 for age in ages), f"lost points older than 1 s: {list(zip(lost, ages, strict=True))}"
     lags = [seen_db[i] - seen_jsonl[i] for i in seen_db if i in seen_jsonl]
     assert lags and max(lags) < 1.0, f"store lagged the JSONL by {max(lags):.2f} s"
     print(f"\nSIGKILL after {len(emitted)} points: {len(stored)} stored, {len(lost)} lost "
@@ -128,12 +128,11 @@ def test_pipeline_to_store_in_process_with_kept_audio(tmp_path, tiny_bundle, rav
 
     from monitor.model.bundle import load_bundle
     from monitor.live.events import SessionInfo
-    from monitor.model.emotion import EmotionModel
     from monitor.live.outputs import JsonlSink
     from monitor.live.pipeline import MonitorPipeline, new_session_id
     from monitor.live.projection import Projector
     from monitor.audio.sources import FileSource
-    from monitor.history.store import StoreSink
+    from monitor.history.sink import StoreSink
 
     wav = long_recording(ravdess_clips, tmp_path / "short.wav", n=3)
     bundle = load_bundle(tiny_bundle)
@@ -154,7 +153,7 @@ def test_pipeline_to_store_in_process_with_kept_audio(tmp_path, tiny_bundle, rav
         assert row.patient_id == "P-AUDIO" and row.end_state == "clean" and row.model_id == bundle.model_id
         audio = store.audio_records(session.session_id)
         assert [a["index"] for a in audio] == [p["index"] for p in stored]
-        for a, p in zip(audio, stored):
+        for a, p in zip(audio, stored, strict=True):
             info = sf.info(tmp_path / a["path"])
             assert info.samplerate == 16000 and info.format == "FLAC"
             assert info.frames == a["samples"] == pytest.approx((p["t_end"] - p["t_start"]) * 16000, abs=16)

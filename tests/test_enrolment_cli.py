@@ -41,11 +41,13 @@ def test_enrolment_is_stored_and_used_by_later_sessions(actor_audio, tmp_path, c
 
     enrolled, anonymous = tmp_path / "enrolled.jsonl", tmp_path / "anonymous.jsonl"
     for extra, out in ((["--patient", "P-05"], enrolled), ([], anonymous)):
-        assert main(["--input", str(angry), "--fast", "--db", str(db), "--no-dashboard", "--jsonl", str(out), *extra]) == EXIT_OK
+        args = ["--input", str(angry), "--fast", "--db", str(db), "--no-dashboard", "--jsonl", str(out), *extra]
+        assert main(args) == EXIT_OK
     with_baseline, without = session_points(enrolled), session_points(anonymous)
     assert len(with_baseline) == len(without) >= 1
     # the same audio lands elsewhere once the speaker's baseline is applied
-    moved = [abs(a["valence"] - b["valence"]) + abs(a["arousal"] - b["arousal"]) for a, b in zip(with_baseline, without)]
+    moved = [abs(a["valence"] - b["valence"]) + abs(a["arousal"] - b["arousal"])
+             for a, b in zip(with_baseline, without, strict=True)]
     assert max(moved) > 1e-3
     sessions = {s.patient_id: s for s in Store.open(db).sessions()}
     assert sessions["P-05"].settings["speaker_baseline"]["source"] == "intake.wav"
@@ -77,7 +79,7 @@ def test_enrolment_needs_a_patient_and_a_store(actor_audio, capsys):
 
 def test_a_model_without_enrolment_normalisation_refuses(actor_audio, tiny_bundle, tmp_path, capsys):
     intake, _, _ = actor_audio
-    code = main(["--patient", "P", "--enroll", str(intake), "--model", str(tiny_bundle), "--db", str(tmp_path / "s.sqlite"),
-                 "--no-dashboard"])
+    code = main(["--patient", "P", "--enroll", str(intake), "--model", str(tiny_bundle),
+                 "--db", str(tmp_path / "s.sqlite"), "--no-dashboard"])
     assert code == EXIT_SETUP
     assert "does not use enrolment" in capsys.readouterr().err

@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -142,19 +141,28 @@ def test_cli_help(module):
     assert "umap" in out.stdout.lower()
 
 
-def test_audio_folder_runs_the_runtime_model_over_resampled_files(tmp_path):
-    """``python -m training score``'s audio path: real files (8 kHz, resampled) through a real bundle's model."""
+RAVDESS_NAMES = ["03-01-05-01-01-01-01.wav", "03-01-05-02-01-01-01.wav", "03-01-04-01-02-01-01.wav"]
+
+
+def _ravdess_audio(folder):
+    """Noise clips at 8 kHz under RAVDESS names (labels, intensity, sentence and speaker come from the names)."""
     import soundfile as sf
 
+    audio = folder / "Actor_01"
+    audio.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(RAVDESS_NAMES):
+        sf.write(audio / name, (0.1 * rng.standard_normal(8000 * (i + 1))).astype(np.float32), 8000)
+    return folder
+
+
+def test_audio_folder_runs_the_runtime_model_over_resampled_files(tmp_path):
+    """``python -m training score``'s audio path: real files (8 kHz, resampled) through a real bundle's model."""
     from tests.bundles import egemaps_bundle
     from training.evaluate_audio import embed_audio_folder
 
-    audio = tmp_path / "audio" / "Actor_01"
-    audio.mkdir(parents=True)
-    names = ["03-01-05-01-01-01-01.wav", "03-01-05-02-01-01-01.wav", "03-01-04-01-02-01-01.wav"]
-    rng = np.random.default_rng(0)
-    for i, name in enumerate(names):
-        sf.write(audio / name, (0.1 * rng.standard_normal(8000 * (i + 1))).astype(np.float32), 8000)
+    names = RAVDESS_NAMES
+    _ravdess_audio(tmp_path / "audio")
     bundle = egemaps_bundle(tmp_path / "bundle")
     data = embed_audio_folder(bundle, tmp_path / "audio")
     assert data["embeddings"].shape == (3, 100) and np.isfinite(data["embeddings"]).all()
@@ -163,3 +171,19 @@ def test_audio_folder_runs_the_runtime_model_over_resampled_files(tmp_path):
     assert data["classes"].tolist() == ["neutral", "happy", "sad", "angry"]
     np.testing.assert_allclose(data["probs"].sum(axis=1), 1.0, rtol=1e-5)
     assert parse_ravdess_name(names[1])["speaker"] == "actor01"
+
+
+def test_training_score_command_writes_the_report_of_a_bundle_on_audio(tmp_path, capsys):
+    """``python -m training score``: the bundle's model over a folder, then calibration.evaluate's report."""
+    from tests.bundles import egemaps_bundle
+    from training.__main__ import main
+
+    audio = _ravdess_audio(tmp_path / "audio")
+    bundle = egemaps_bundle(tmp_path / "bundle")
+    out = tmp_path / "report"
+    assert main(["score", "--bundle", str(bundle), "--audio", str(audio), "--out", str(out), "--title", "t"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 3 and metrics["method"] == "fast" and metrics["source"].startswith("audio")
+    assert metrics["head"] is not None  # the model's predictions came along
+    assert (out / "circumplex.png").read_bytes()[:8] == PNG_MAGIC
+    assert "wrote" in capsys.readouterr().out

@@ -52,7 +52,6 @@ def test_smoothing_keeps_total_and_spreads():
     snap = hm.snapshot()
     assert snap.grid.sum() == pytest.approx(3.0)
     assert np.count_nonzero(snap.grid > 1e-6) > 9
-    assert snap.normalized().max() == pytest.approx(1.0)
 
 
 def test_bounded_memory_in_window_mode():

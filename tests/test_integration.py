@@ -8,9 +8,8 @@ import soundfile as sf
 
 from monitor.audio.io import read_audio
 from monitor.model.bundle import load_bundle
-from monitor.model.base import SAMPLE_RATE
+from monitor.model.audio_format import SAMPLE_RATE
 from monitor.live.heatmap import HeatmapConfig
-from monitor.model.emotion import EmotionModel
 from monitor.live.pipeline import MonitorConfig, MonitorPipeline
 from monitor.live.projection import Projector
 from monitor.audio.sources import FileSource

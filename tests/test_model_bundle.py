@@ -45,7 +45,7 @@ def test_pooling_uses_the_models_own_frame_count(saved_wavlm):
     frames = int(backbone.frame_lengths(lengths)[0])
     assert frames == hidden[0].shape[1]  # conv arithmetic, not a rounded constant like len/320
     weights = backbone.layer_weights()
-    expected = sum(w * h[0].mean(dim=0) for w, h in zip(weights, hidden))
+    expected = sum(w * h[0].mean(dim=0) for w, h in zip(weights, hidden, strict=True))
     with torch.no_grad():
         torch.testing.assert_close(backbone.features([wave])[0], expected, rtol=1e-4, atol=1e-5)
 

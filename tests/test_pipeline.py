@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from monitor.model.base import SAMPLE_RATE
+from monitor.model.audio_format import SAMPLE_RATE
 from monitor.live.heatmap import HeatmapConfig
 from monitor.live.pipeline import MonitorConfig, MonitorPipeline
 from monitor.live.projection import Projector
@@ -23,7 +23,7 @@ LABELS = ("neutral", "happy", "sad")
 class LoudnessModel:
     """Embedding = loudness; the 'reducer' below turns it into a point, so outputs are predictable."""
 
-    def __init__(self, fail_on_index: int | None = None):
+    def __init__(self) -> None:
         self.calls = 0
 
     def embed_waveforms(self, waves, baseline=None):
@@ -74,12 +74,13 @@ def make_pipeline(path, sinks, realtime=False, **config):
 
 
 def test_points_follow_the_speech(tmp_path):
-    path, spans = replay_file(tmp_path, [("silence", 1.0), ("speech", 1.5), ("silence", 1.2), ("speech", 2.0), ("silence", 1.0)])
+    path, spans = replay_file(tmp_path, [("silence", 1.0), ("speech", 1.5), ("silence", 1.2), ("speech", 2.0),
+                                         ("silence", 1.0)])
     sink = ListSink()
     summary = make_pipeline(path, [sink]).run()
     assert sink.started and sink.closed
     assert [p.index for p in sink.points] == [0, 1]
-    for point, (start, end) in zip(sink.points, spans):
+    for point, (start, end) in zip(sink.points, spans, strict=True):
         assert start - 0.35 <= point.t_start <= start + 0.1
         assert end <= point.t_end <= end + 0.7
         assert point.valence == pytest.approx(-point.arousal) and point.valence > 0
@@ -159,8 +160,8 @@ def test_truncated_input_keeps_points_and_reports(tmp_path):
     path = tmp_path / "x.wav"
     sf.write(str(path), audio, SAMPLE_RATE)
     sink = ListSink()
-    pipeline = MonitorPipeline(BrokenSource(path, realtime=False), LoudnessModel(), Projector(DiagonalReducer(), LABELS),
-                               sinks=[sink])
+    pipeline = MonitorPipeline(BrokenSource(path, realtime=False), LoudnessModel(),
+                               Projector(DiagonalReducer(), LABELS), sinks=[sink])
     summary = pipeline.run()
     assert summary.error == "device unplugged"
     assert len(sink.points) == 2  # the first segment and the open one, flushed at the failure

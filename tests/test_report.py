@@ -74,7 +74,8 @@ def test_cli_writes_png_pdf_json(db, tmp_path, capsys):
     raw = pdf.read_bytes()
     assert raw.startswith(b"%PDF")
     box = re.search(rb"/MediaBox \[\s*0 0 ([\d.]+) ([\d.]+)\s*\]", raw)
-    assert box and float(box.group(1)) == pytest.approx(width * 72) and float(box.group(2)) == pytest.approx(height * 72)
+    assert box
+    assert float(box.group(1)) == pytest.approx(width * 72) and float(box.group(2)) == pytest.approx(height * 72)
 
 
 def test_the_figure_shows_the_json_numbers(db):
@@ -90,7 +91,8 @@ def test_the_figure_shows_the_json_numbers(db):
         stored = [d["metrics"][metric] for d in data["days"] if d["metrics"]["points"]]
         assert list(artists[metric].get_ydata()) == pytest.approx(stored)
     minutes = artists["speech_minutes"].get_ydata()
-    assert list(minutes) == pytest.approx([d["metrics"]["speech_seconds"] / 60 for d in data["days"] if d["metrics"]["points"]])
+    spoken = [d["metrics"]["speech_seconds"] / 60 for d in data["days"] if d["metrics"]["points"]]
+    assert list(minutes) == pytest.approx(spoken)
 
     for day in data["days"]:
         image = artists.get(f"heatmap:{day['date']}")
@@ -127,7 +129,8 @@ def test_weekly_panels(db):
 def test_cli_errors(db, tmp_path, capsys):
     assert report.main(["--db", str(db), "--patient", "NOBODY", "--out", str(tmp_path / "x.json")]) == 2
     assert "no patient" in capsys.readouterr().err
-    assert report.main(["--db", str(tmp_path / "none.sqlite"), "--patient", "P1", "--out", str(tmp_path / "x.json")]) == 2
+    missing = tmp_path / "none.sqlite"
+    assert report.main(["--db", str(missing), "--patient", "P1", "--out", str(tmp_path / "x.json")]) == 2
     with pytest.raises(SystemExit):
         report.main(["--db", str(db), "--patient", "P1", "--out", str(tmp_path / "x.txt")])
     with pytest.raises(SystemExit):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
 from monitor.audio.io import to_int16
-from monitor.model.base import SAMPLE_RATE
+from monitor.model.audio_format import SAMPLE_RATE
 from monitor.audio.frames import AudioFrame
 from monitor.audio.segmenter import VadConfig, VadSegmenter
 from tests.synth import speech_timeline
@@ -28,11 +30,12 @@ def segment(audio, config=None, t0=0.0):
 
 @pytest.mark.parametrize("frame_ms", [10, 20, 30])
 def test_segments_follow_speech(frame_ms):
-    audio, spans = speech_timeline([("silence", 1.0), ("speech", 2.0), ("silence", 1.5), ("speech", 1.2), ("silence", 1.0)])
+    audio, spans = speech_timeline([("silence", 1.0), ("speech", 2.0), ("silence", 1.5), ("speech", 1.2),
+                                    ("silence", 1.0)])
     config = VadConfig(frame_ms=frame_ms)
     segments, seg = segment(audio, config)
     assert len(segments) == 2
-    for s, (start, end) in zip(segments, spans):
+    for s, (start, end) in zip(segments, spans, strict=True):
         # onset decided within the look-back window, kept as pre-roll; end after the hangover
         assert start - config.start_padding_ms / 1000 - 0.05 <= s.t_start <= start + 0.1
         assert end <= s.t_end <= end + config.end_padding_ms / 1000 + 0.1
@@ -48,7 +51,7 @@ def test_long_speech_is_cut_into_windows():
     assert len(segments) >= 4
     assert all(s.duration <= 4.0 + 1e-6 for s in segments)
     # the windows tile the speech without gaps or overlaps
-    for a, b in zip(segments, segments[1:]):
+    for a, b in pairwise(segments):
         assert b.t_start == pytest.approx(a.t_end, abs=1e-6)
 
 

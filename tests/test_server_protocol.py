@@ -3,7 +3,8 @@
 The server runs exactly as in a session (its own thread and loop); the test
 plays the pipeline's dispatch thread by calling ``point()``/``mark()``/
 ``status()``. Timing tests measure and assert bounds, and print what they
-measured (``pytest -s`` shows it).
+measured (``pytest -s`` shows it). The server's lifecycle and thread bridge
+are also tested on their own, at the end; its HTTP router in test_serve_router.py.
 """
 
 from __future__ import annotations
@@ -40,10 +41,14 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 
 
 class FakeControls:
-    """Stands in for MonitorPipeline: marks fan out to the server as the pipeline's sinks would."""
+    """Stands in for MonitorPipeline: marks fan out to the server as the pipeline's sinks would.
 
-    def __init__(self, server: DashboardServer):
-        self.server = server
+    Like the pipeline, it exists before the server (which takes it at construction) and gets the server
+    as a sink afterwards.
+    """
+
+    def __init__(self):
+        self.server: DashboardServer | None = None
         self.paused = False
         self.session_time = 0.0
         self.marks: list[Mark] = []
@@ -73,9 +78,10 @@ def make_server():
     def make(store=None, controls: bool = True, **config) -> DashboardServer:
         config.setdefault("port", 0)
         config.setdefault("token", TOKEN)
-        server = DashboardServer(ServerConfig(**config), store=store)
-        if controls:
-            server.controls = FakeControls(server)
+        fake = FakeControls() if controls else None
+        server = DashboardServer(ServerConfig(**config), store=store, controls=fake)
+        if fake is not None:
+            fake.server = server
         server.start(SESSION, RollingHeatmap(HeatmapConfig(bins=16, smoothing_sigma=0)))
         servers.append(server)
         return server
@@ -458,7 +464,7 @@ def test_fifty_clients_each_get_every_point(make_server):
         call_s: list[float] = []
         thread = _post_points(server, n_points, rate, sent, call_s)
         orders = await asyncio.gather(*(_collect_points(ws, set(range(n_points)), got, 30.0)
-                                        for ws, got in zip(sockets, received)))
+                                        for ws, got in zip(sockets, received, strict=True)))
         await asyncio.to_thread(thread.join)
         await asyncio.gather(*(ws.close() for ws in sockets))
         return orders, received, sent, call_s
@@ -560,7 +566,8 @@ def test_stalled_client_does_not_delay_the_others(make_server):
         call_s: list[float] = []
         thread = _post_points(server, n_points, rate, sent, call_s, start=start)
         wanted = set(range(start, start + n_points))
-        orders = await asyncio.gather(*(_collect_points(ws, wanted, got, 30.0) for ws, got in zip(clients, received)))
+        orders = await asyncio.gather(*(_collect_points(ws, wanted, got, 30.0)
+                                        for ws, got in zip(clients, received, strict=True)))
         await asyncio.to_thread(thread.join)
         assert all(order == sorted(wanted) for order in orders)
         await asyncio.gather(*(ws.close() for ws in clients))
@@ -751,7 +758,8 @@ def test_every_message_is_documented_with_an_example_matching_the_server(make_se
     asyncio.run(main())
     for kind, msg in seen.items():
         assert kind in examples, f"docs/protocol.md has no example of {kind!r}"
-        assert any(set(ex) == set(msg) for ex in examples[kind]), (kind, sorted(msg), [sorted(e) for e in examples[kind]])
+        assert any(set(ex) == set(msg) for ex in examples[kind]), (kind, sorted(msg),
+                                                                   [sorted(e) for e in examples[kind]])
     for kind in ("snapshot", "point", "heatmap", "status", "hello"):
         nested = [k for k, v in seen[kind].items() if isinstance(v, dict)]
         for key in nested:
@@ -773,7 +781,7 @@ def test_live_summary_agrees_with_the_history_aggregation():
     v[:30], a[:30] = rng.uniform(-0.15, 0.15, 30), rng.uniform(-0.15, 0.15, 30)  # some near the centre
     d, c = rng.uniform(0.5, 6, 300), rng.uniform(0, 1, 300)
     live = protocol.SessionSummary()
-    for row in zip(v, a, d, c):
+    for row in zip(v, a, d, c, strict=True):
         live.add(*row)
     got = live.to_dict()
     w = aggregate.point_weights(d, c)
@@ -801,3 +809,152 @@ def test_odd_requests_get_plain_http_answers(make_server):
     assert raw(f"GET /?token={TOKEN} HTTP/1.1\r\n\r\n".encode()).startswith(b"HTTP/1.1 421")  # no Host at all
     assert raw(f"POST /?token={TOKEN} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()).split(b" ")[1] in (b"400", b"405")
     assert not raw(f"GET /{'x' * 9000} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()).startswith(b"HTTP/1.1 500")
+
+
+# ---- the server's parts: lifecycle and thread bridge, without sockets ----------------------------------
+
+def test_lifecycle_moves_only_along_its_table():
+    from monitor.serve.lifecycle import TRANSITIONS, Lifecycle, Phase
+
+    assert set(TRANSITIONS) == set(Phase) and TRANSITIONS[Phase.CLOSED] == frozenset()
+    started = set(Phase) - {Phase.NEW, Phase.CLOSED}
+    assert all(Phase.CLOSED in TRANSITIONS[p] for p in started)  # a started server can always stop
+    life = Lifecycle()
+    assert not life.advance(Phase.LIVE) and life.phase is Phase.NEW  # refused: nothing changes
+    for phase in (Phase.STARTING, Phase.LIVE, Phase.ENDING, Phase.ENDED, Phase.SHUTTING_DOWN, Phase.CLOSED):
+        assert life.advance(phase) and life.phase is phase
+        assert not life.advance(phase)  # each step happens once: a second close() or shutdown is a no-op
+    assert life.ended and not life.accepting and life.error is None
+
+
+def test_lifecycle_properties_per_phase():
+    from monitor.serve.lifecycle import Lifecycle, Phase
+
+    life = Lifecycle()
+    seen = {}
+    for phase in (Phase.STARTING, Phase.LIVE, Phase.ENDED, Phase.SHUTTING_DOWN, Phase.CLOSED):  # no close(): via LIVE
+        assert life.advance(phase)
+        seen[phase] = (life.ended, life.accepting)
+    assert seen == {Phase.STARTING: (False, True), Phase.LIVE: (False, True), Phase.ENDED: (True, True),
+                    Phase.SHUTTING_DOWN: (True, False), Phase.CLOSED: (True, False)}
+
+
+def test_lifecycle_reports_a_failed_start_to_the_waiting_thread():
+    from monitor.serve.lifecycle import Lifecycle, Phase
+
+    life = Lifecycle()
+    assert life.advance(Phase.STARTING)
+    assert not life.wait_started(0.05)  # still starting: the wait times out
+    error = OSError("address already in use")
+    threading.Timer(0.05, life.advance, (Phase.CLOSED, error)).start()
+    assert life.wait_started(5) and life.phase is Phase.CLOSED and life.error is error
+    assert not life.advance(Phase.LIVE)
+
+
+class _RecordingLoop:
+    """Stands in for the event loop: records the wake-ups the bridge asks for."""
+
+    def __init__(self, closed: bool = False):
+        self.calls: list = []
+        self.closed = closed
+
+    def call_soon_threadsafe(self, callback):
+        if self.closed:
+            raise RuntimeError("Event loop is closed")
+        self.calls.append(callback)
+
+
+def test_bridge_wakes_the_loop_once_per_burst_and_keeps_order():
+    from monitor.serve.bridge import ThreadBridge
+
+    got = []
+    bridge = ThreadBridge(100, lambda kind, value: got.append((kind, value)))
+    bridge.post("point", 0)  # no loop yet: ignored
+    loop = _RecordingLoop()
+    bridge.attach(loop)
+    for i in range(1, 4):
+        bridge.post("point", i)
+    assert loop.calls == [bridge.drain]  # three events, one wake-up
+    bridge.drain()
+    bridge.post("mark", "m")
+    assert len(loop.calls) == 2  # the next event asks again
+    bridge.drain()
+    assert got == [("point", 1), ("point", 2), ("point", 3), ("mark", "m")]
+    bridge.detach()
+    bridge.post("point", 9)
+    bridge.drain()
+    assert got[-1] == ("mark", "m") and not bridge.call(lambda: None)
+
+
+def test_bridge_drops_and_counts_when_full_and_survives_a_bad_event(caplog):
+    from monitor.serve.bridge import ThreadBridge
+
+    got = []
+
+    def deliver(kind, value):
+        if value == 1:
+            raise ValueError("bad point")
+        got.append(value)
+
+    bridge = ThreadBridge(3, deliver)
+    bridge.attach(_RecordingLoop())
+    for i in range(5):
+        bridge.post("point", i)
+    assert bridge.dropped == 2
+    with caplog.at_level("ERROR", logger="monitor.serve.bridge"):
+        bridge.drain()
+    assert got == [0, 2] and any("could not forward a point" in r.getMessage() for r in caplog.records)
+    closed = ThreadBridge(3, deliver)
+    closed.attach(_RecordingLoop(closed=True))
+    closed.post("point", 0)  # a stopped loop: no exception reaches the pipeline
+    assert not closed.call(lambda: None)
+
+
+# ---- lifecycle of a real server ---------------------------------------------------------------------------
+
+def test_server_phases_from_start_to_close(make_server):
+    from monitor.serve.lifecycle import Phase
+
+    server = DashboardServer(ServerConfig(port=0, token=TOKEN))
+    assert server.phase is Phase.NEW
+    server.close()  # before start: nothing to do
+    server.end_linger()
+    assert server.phase is Phase.NEW
+    server = make_server()
+    assert server.phase is Phase.LIVE
+    server.close()
+    assert server.phase is Phase.CLOSED and not server._thread.is_alive()
+    server.close()  # twice: harmless
+    server.point(make_point(0))  # after the end: ignored, never an exception in the pipeline
+    blocker = make_server()
+    busy = DashboardServer(ServerConfig(port=blocker.port, token=TOKEN))
+    with pytest.raises(RuntimeError, match="cannot serve"):
+        busy.start(SESSION, RollingHeatmap(HeatmapConfig(bins=4)))
+    assert busy.phase is Phase.CLOSED
+    with pytest.raises(RuntimeError, match="cannot start"):
+        busy.start(SESSION, RollingHeatmap(HeatmapConfig(bins=4)))
+
+
+def test_stopping_without_close_still_ends_the_session_for_clients(make_server):
+    """end_linger() on a live server (no close()): clients still get every point, ``end``, then 1001."""
+    from monitor.serve.lifecycle import Phase
+
+    server = make_server()
+
+    async def main():
+        ws, _, _ = await open_client(server)
+        for i in range(5):
+            emit(server, make_point(i))
+        stopper = asyncio.create_task(asyncio.to_thread(server.end_linger))
+        kinds = []
+        with pytest.raises(ConnectionClosed) as info:
+            while True:
+                msg = await recv_json(ws)
+                if msg["type"] in ("point", "end"):
+                    kinds.append(msg["type"])
+        await stopper
+        return kinds, info.value.rcvd
+
+    kinds, close_frame = asyncio.run(main())
+    assert kinds == ["point"] * 5 + ["end"]
+    assert close_frame.code == protocol.CLOSE_SESSION_ENDED and server.phase is Phase.CLOSED

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration.speaker import FeatureNormalizer, SpeakerBaseline, baselines_from_clips, estimated_baselines, fit_normalizer
+from calibration.speaker import (FeatureNormalizer, SpeakerBaseline, baselines_from_clips, estimated_baselines,
+                                 fit_normalizer)
 from monitor.audio.segmenter import segment_signal
 from monitor.model.enrolment import enroll
 from training.mood import persistent_mood_scores, replay_sessions
@@ -31,7 +32,6 @@ HELD_OUT = {"ravdess": ("19", "20"), "emovo": ("m3",)}
 @pytest.fixture(scope="module")
 def default_model():
     from monitor.model.bundle import default_bundle_path, load_bundle
-    from monitor.model.emotion import EmotionModel
 
     bundle = load_bundle(default_bundle_path())
     return bundle, bundle.build_model(device="cpu")

@@ -16,10 +16,11 @@ import pytest
 
 from monitor.history import data as data_cli
 from monitor.live.events import Mark, Point, SessionInfo
-from monitor.history.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError, StoreSink, default_db_path
+from monitor.history.sink import StoreSink
+from monitor.history.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError, default_db_path
 
 # The schema as first released (version 1), frozen here so the migration test starts from
-# what real v1 files contain even if someone edits monitor/store.py.
+# what real v1 files contain even if someone edits monitor/history/schema.py.
 V1_DDL = """
 CREATE TABLE patients (
     patient_id TEXT PRIMARY KEY,
@@ -109,8 +110,10 @@ def test_migration_from_v1_keeps_data_and_closes_dead_sessions(tmp_path):
     conn.execute("INSERT INTO sessions(id, session_id, patient_id, started_at, ended_at, model_id, model_version) "
                  "VALUES (2, 's-killed', 'P1', 2000.0, NULL, 'm', '1')")
     for i in range(3):
-        conn.execute("INSERT INTO points VALUES (1, ?, ?, ?, 0.5, -0.5, 0.9, '{}', 10, ?)", (i, i * 2.0, i * 2.0 + 1, 1001.0 + i))
-        conn.execute("INSERT INTO points VALUES (2, ?, ?, ?, -0.1, 0.3, 0.6, '{}', 10, ?)", (i, i * 2.0, i * 2.0 + 1, 2010.0 + i))
+        conn.execute("INSERT INTO points VALUES (1, ?, ?, ?, 0.5, -0.5, 0.9, '{}', 10, ?)",
+                     (i, i * 2.0, i * 2.0 + 1, 1001.0 + i))
+        conn.execute("INSERT INTO points VALUES (2, ?, ?, ?, -0.1, 0.3, 0.6, '{}', 10, ?)",
+                     (i, i * 2.0, i * 2.0 + 1, 2010.0 + i))
     conn.execute("INSERT INTO marks(session, t, text, wall_time) VALUES (1, 3.0, 'laughs', 1003.0)")
     conn.commit()
     conn.close()
@@ -186,17 +189,17 @@ def run_sink(store: Store, sid: str, n: int, patient: str | None = "P1", keep_au
 
 def test_sink_stores_session_points_marks_and_a_clean_end(tmp_path):
     with Store.open(tmp_path / "m.sqlite") as store:
-        store.conn  # this thread's connection
+        assert store.conn is not None  # this thread's connection
         points = run_sink(store, "s1", 5)
         run_sink(store, "s2", 1)
-        assert len(store._all) == 1  # each finished writer thread closed its own connection; ours is left
+        assert store.db.connection_count() == 1  # each finished writer thread closed its own connection; ours is left
         row = store.session("s1")
         assert row.patient_id == "P1" and row.end_state == "clean" and row.ended_at is not None
         assert row.model_id == "test-model@1+abc" and row.labels == ["neutral", "happy", "sad", "angry"]
         assert row.settings == {"vad": {"aggressiveness": 2}}
         assert row.points == 5 and row.speech_seconds == pytest.approx(7.5) and row.marks == 1
         stored = store.point_records("s1")
-        for p, r in zip(points, stored):
+        for p, r in zip(points, stored, strict=True):
             assert r == {"index": p.index, "t_start": p.t_start, "t_end": p.t_end, "valence": p.valence,
                          "arousal": p.arousal, "confidence": p.confidence, "probabilities": p.probabilities,
                          "latency_ms": p.latency_ms, "wall_time": p.wall_time}
@@ -276,7 +279,8 @@ def test_recovery_leaves_live_sessions_alone(tmp_path):
         store.begin_session(session_info("dead", time.time() - 10))
         store.add_points("dead", [make_point(0, 0.0, time.time() - 5)])
         dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-        host = store.conn.execute("SELECT writer FROM sessions WHERE session_id='live'").fetchone()[0].rpartition(":")[0]
+        writer = store.conn.execute("SELECT writer FROM sessions WHERE session_id='live'").fetchone()[0]
+        host = writer.rpartition(":")[0]
         with store.transaction() as c:
             c.execute("UPDATE sessions SET writer = ? WHERE session_id = 'dead'", (f"{host}:{dead.stdout.strip()}",))
     with Store.open(path) as store:
@@ -311,7 +315,7 @@ def test_concurrent_readers_while_the_sink_writes(tmp_path):
         assert not errors and store.session("s").points == 100
 
 
-# ---- export and delete (python -m monitor.history.data) ---------------------------------------
+# ---- export and delete (mood-monitor data) ---------------------------------------
 def fill(path):
     with Store.open(path) as store:
         run_sink(store, "a1", 3, patient="ALPHA-7731")
@@ -319,7 +323,8 @@ def fill(path):
         run_sink(store, "b1", 4, patient="BRAVO", started_at=1_700_200_000.0)
         store.set_baseline("ALPHA-7731", {"secret": "BASELINE-XYZZY"}, "m")
         with store.transaction() as c:
-            c.execute("UPDATE marks SET text = 'ALPHA-MARK-QWERTY' WHERE session = (SELECT id FROM sessions WHERE session_id = 'a1')")
+            c.execute("UPDATE marks SET text = 'ALPHA-MARK-QWERTY' "
+                      "WHERE session = (SELECT id FROM sessions WHERE session_id = 'a1')")
 
 
 def test_export_csv_and_json(tmp_path, capsys):
@@ -387,10 +392,95 @@ def test_retime_session(tmp_path):
         before = store.point_records("s")
         store.retime_session("s", 1_600_000_000.0)
         after = store.point_records("s")
-        assert [a["wall_time"] - b["wall_time"] for a, b in zip(after, before)] == pytest.approx([-1e8] * 3)
+        shifts = [a["wall_time"] - b["wall_time"] for a, b in zip(after, before, strict=True)]
+        assert shifts == pytest.approx([-1e8] * 3)
         assert store.session("s").started_at == 1_600_000_000.0
         store.retime_session("s", 1_500_000_000.0, as_live=True, duration=60.0)
         assert [p["wall_time"] for p in store.point_records("s")] == [1_500_000_000.0 + p["t_end"] for p in after]
         row = store.session("s")
         assert (row.started_at, row.ended_at) == (1_500_000_000.0, 1_500_000_060.0)
         assert [p["t_start"] for p in store.point_records("s")] == [p["t_start"] for p in before]
+
+
+# ---- the sink's counters and the public write API ---------------------------------------------
+def test_sink_counts_points_marks_and_audio_apart(tmp_path):
+    """A full queue drops each kind into its own counter (marks and audio are not 'points dropped')."""
+    with Store.open(tmp_path / "m.sqlite") as store:
+        sink = StoreSink(store, patient_id="P1", keep_audio=True, max_queue=3, max_audio_pending=100)
+        # no writer thread yet: the queue only fills
+        p = make_point(0, 0.0, 1_700_000_000.0)
+        for _ in range(5):
+            sink.point(p)  # 3 fit
+        for _ in range(4):
+            sink.mark(Mark(t=1.0, text="x", wall_time=1_700_000_001.0))
+        for _ in range(2):
+            sink.segment_audio(p, np.zeros(160, dtype=np.float32))
+        assert (sink.dropped_points, sink.dropped_marks, sink.dropped_audio) == (2, 4, 2)
+        assert sink.dropped == sink.dropped_points
+        assert sink._audio_pending == 0  # audio that could not be queued is not pending
+
+
+def test_sink_counters_are_exact_under_concurrent_drops(tmp_path):
+    with Store.open(tmp_path / "m.sqlite") as store:
+        sink = StoreSink(store, patient_id="P1", max_queue=10)
+        p = make_point(0, 0.0, 1_700_000_000.0)
+        m = Mark(t=1.0, text="x", wall_time=1_700_000_001.0)
+
+        def flood(n: int) -> None:
+            for _ in range(n):
+                sink.point(p)
+                sink.mark(m)
+
+        threads = [threading.Thread(target=flood, args=(3000,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sink.dropped_points + sink.dropped_marks == 2 * 4 * 3000 - 10
+
+
+def test_sink_counts_everything_when_the_session_cannot_be_created(tmp_path, monkeypatch):
+    with Store.open(tmp_path / "m.sqlite") as store:
+        def refuse(*args, **kwargs):
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(store, "begin_session", refuse)
+        sink = StoreSink(store, patient_id="P1", keep_audio=True)
+        sink.start(session_info("s-lost", 1_700_000_000.0))
+        p = make_point(0, 0.0, 1_700_000_000.0)
+        sink.point(p)
+        sink.mark(Mark(t=1.0, text="x", wall_time=1_700_000_001.0))
+        sink.segment_audio(p, np.zeros(160, dtype=np.float32))
+        sink.close()
+        assert (sink.dropped_points, sink.dropped_marks, sink.dropped_audio) == (1, 1, 1)
+        assert sink.write_errors == 3 and sink._audio_pending == 0
+        assert store.session("s-lost") is None
+
+
+def test_write_batch_commits_points_marks_and_a_heartbeat(tmp_path):
+    with Store.open(tmp_path / "m.sqlite") as store:
+        store.begin_session(session_info("s", 1_700_000_000.0))
+        store.conn.execute("UPDATE sessions SET heartbeat_at = 0")
+        store.write_batch("s", [make_point(i, i * 2.0, 1_700_000_000.0 + i) for i in range(3)],
+                          [Mark(t=1.0, text="sigh", wall_time=1_700_000_001.0)])
+        row = store.session("s")
+        assert (row.points, row.marks) == (3, 1)
+        assert store.conn.execute("SELECT heartbeat_at FROM sessions").fetchone()["heartbeat_at"] > 0
+        store.add_points("s", [make_point(3, 6.0, 1_700_000_003.0)])  # imports: no heartbeat stamp
+        with pytest.raises(KeyError, match="no session"):
+            store.write_batch("nope", [make_point(0, 0.0, 0.0)])
+
+
+def test_has_patient_and_named_rows(tmp_path):
+    with Store.open(tmp_path / "m.sqlite") as store:
+        assert not store.has_patient("P1") and store.patient_ids() == []
+        run_sink(store, "s1", 2, patient="P1")
+        store.set_baseline("P0", {"v": 1}, "m")
+        assert store.has_patient("P1") and store.has_patient("P0") and not store.has_patient("P2")
+        assert store.patient_ids() == ["P0", "P1"] and store.patient_ids(limit=1) == ["P0"]
+        [p0, p1] = store.patients()
+        assert (p1.patient_id, p1.sessions, p1.points) == ("P1", 1, 2) and p1.first_session == p1.last_session
+        assert (p0.patient_id, p0.sessions, p0.points, p0.first_session) == ("P0", 0, 0, None)
+        table = store.points(["s1"])
+        assert table.session.tolist() == ["s1", "s1"] and table.index.tolist() == [0, 1]
+        assert table.t_end.tolist() == [1.5, 3.5] and table.valence.tolist() == [0.0, 0.1]

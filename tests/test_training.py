@@ -1,12 +1,15 @@
-"""Stage I training: sampling, augmentation, the egemaps path on real clips, a tiny-WavLM run
-end to end into a bundle the monitor loads, resuming from a checkpoint, device selection and
-the AMP code path (on the CPU: no GPU is available to this project)."""
+"""Stage I training: the command line and its one settings definition, sampling, augmentation, the
+egemaps path on real clips, a tiny-WavLM run end to end into a bundle the monitor loads, resuming
+from a checkpoint, device selection and the AMP code path (on the CPU: no GPU is available to this
+project)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shlex
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,150 @@ def _need(folder: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real corpus not available: ../shared/data/{folder}")
     return path
+
+
+# ----------------------------------------------------------------------------- command line and settings
+
+#: Every setting flag away from its default (plus the reducer flags): the same flags must give the same model.
+SETTING_FLAGS = ["--feature-set", "ComParE_2016", "--normalization", "population", "--augment", "noise", "gain+reverb",
+                 "--balance", "class", "--epochs", "7", "--batch-size", "16", "--head-lr", "0.002", "--dropout", "0.3",
+                 "--weight-decay", "0.01", "--feature-noise", "0.2", "--label-smoothing", "0.1", "--hidden-dims", "64",
+                 "32", "--mixup", "0.2", "--patience", "4", "--select", "loss", "--ema", "0.9", "--estimate-baselines",
+                 "--trim", "--no-temperature", "--reducer-align", "similarity", "--reducer-align-on", "train",
+                 "--reducer-fast-neighbors", "30", "--reducer-n-neighbors", "15", "--reducer-target-weight", "0.2"]
+SETTINGS_COMMANDS = {"build": ["--out", "x"], "evaluate": [], "experiment": [], "ablate": ["--tag", "t"]}
+
+
+def _settings(argv):
+    from training.__main__ import build_parser
+    from training.settings import settings_from_args
+
+    return settings_from_args(build_parser().parse_args(argv))
+
+
+def test_every_subcommand_help_teaches_with_examples(capsys):
+    from training.__main__ import COMMANDS, main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    top = capsys.readouterr().out
+    for command in COMMANDS:
+        assert f"  {command} " in top
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0
+        text = capsys.readouterr().out
+        assert "Examples" in text and f"python -m training {command}" in text, command
+
+
+def test_build_evaluate_experiment_and_ablate_resolve_the_same_settings():
+    from training.settings import Settings
+
+    for flags in ([], SETTING_FLAGS, ["--backbone", "wavlm"], ["--backbone", "wavlm", "--epochs", "3"]):
+        resolved = {c: _settings([c, *flags, *extra]) for c, extra in SETTINGS_COMMANDS.items()}
+        assert len({repr(s) for s in resolved.values()}) == 1, resolved
+    assert _settings(["experiment"]) == Settings()  # the dataclass defaults are the egemaps defaults
+    given = _settings(["build", "--out", "x", *SETTING_FLAGS])
+    assert given.model == "head" and given.ensemble == 1
+    assert given.augment == ("noise", "gain+reverb") and given.hidden_dims == (64, 32)
+    assert not given.calibrate and given.trim and given.estimate_baselines and given.reducer_align == "similarity"
+    assert given.reducer_params == {"fast_neighbors": 30, "n_neighbors": 15, "target_weight": 0.2}
+    assert [f for f in asdict(given) if asdict(given)[f] == asdict(Settings())[f]] == ["model", "ensemble"]
+
+
+def test_backbone_defaults_are_resolved_in_one_place():
+    wavlm = _settings(["build", "--out", "x", "--backbone", "wavlm"])
+    assert (wavlm.normalization, wavlm.epochs, wavlm.batch_size, wavlm.head_lr) == ("population", 20, 8, 1e-4)
+    assert _settings(["build", "--out", "x", "--backbone", "wavlm", "--normalization", "none"]).normalization == "none"
+    # the wavlm path has no feature noise or mixup (they act on cached features) and no 10-epoch minimum
+    config = wavlm.train_config("wavlm", seed=3, encoder_lr=2e-5)
+    assert (config.feature_noise, config.mixup, config.min_epochs, config.encoder_lr) == (0.0, 0.0, 1, 2e-5)
+    features = _settings(["experiment", "--mixup", "0.2"]).train_config("egemaps", seed=5, device="cpu")
+    assert (features.feature_noise, features.mixup, features.min_epochs, features.seed) == (0.1, 0.2, 10, 5)
+
+
+def test_the_shipped_models_command_still_gives_its_recorded_settings_and_train_config():
+    """The command line stored in the shipped bundle, parsed today, gives the settings and the TrainConfig it was
+    trained with (so `python -m training build` with the model card's command rebuilds the same model)."""
+    from monitor.model.bundle import default_bundle_path
+
+    meta = json.loads((default_bundle_path() / "bundle.json").read_text())
+    prov = meta["provenance"]
+    argv = shlex.split(prov["command"])
+    assert argv[:4] == ["python", "-m", "training", "build"]
+    settings = _settings(argv[3:])
+    recorded = {k: v for k, v in prov["config"].items() if k not in ("train", "val_speakers", "reducer")}
+    assert settings.to_json() == recorded
+    assert json.loads(json.dumps(asdict(settings.train_config("egemaps")))) == prov["config"]["train"]
+    card = (Path(__file__).resolve().parents[1] / "docs" / "model_card.md").read_text()
+    command = card.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    assert _settings(shlex.split(command)[3:]) == settings  # the card's command: the same settings
+
+
+def test_build_refuses_settings_a_bundle_cannot_hold_before_reading_any_corpus(tmp_path):
+    from training.__main__ import main
+
+    for flags, message in ((["--model", "lr"], "one head"), (["--ensemble", "3"], "one head"),
+                           (["--backbone", "wavlm"], "needs --source"),
+                           (["--backbone", "wavlm", "--source", "x", "--normalization", "enrolment"], "population"),
+                           (["--backbone", "wavlm", "--source", "x", "--trim"], "egemaps")):
+        with pytest.raises(SystemExit, match=message):
+            main(["build", "--data-root", str(tmp_path / "nothing"), "--out", str(tmp_path / "b"), *flags])
+
+
+def _ravdess_like_features(n_actors=8, dim=12, seed=0):
+    """Synthetic features of RAVDESS-named clips (actors x 4 emotions x 3 takes), classes apart."""
+    from training.corpora import Item, Manifest
+
+    rng = np.random.default_rng(seed)
+    labels = ("neutral", "happy", "sad", "angry")
+    centers = rng.normal(0, 2.0, (len(labels), dim))
+    items, rows = [], []
+    for a in range(1, n_actors + 1):
+        shift = rng.normal(0, 0.5, dim)
+        for c, label in enumerate(labels):
+            for take in range(3):
+                items.append(Item(path=f"{a}_{label}_{take}.wav", label=label, speaker=f"ravdess:{a:02d}",
+                                  corpus="ravdess", intensity="strong" if take else "normal", sentence="s1"))
+                rows.append(centers[c] + shift + rng.normal(0, 1.0, dim))
+    return np.asarray(rows), Manifest(items)
+
+
+def test_experiment_command_runs_the_protocols_and_writes_its_json(tmp_path, monkeypatch, capsys):
+    import training.__main__ as cli
+
+    X, manifest = _ravdess_like_features()
+    monkeypatch.setattr(cli, "_manifest", lambda args: manifest)
+    monkeypatch.setattr(cli, "_features", lambda args, m, settings, progress=True: (X, m, []))
+    out = tmp_path / "exp.json"
+    argv = ["experiment", "--protocols", "speakers", "--model", "lr", "--points", "expected", "--no-mood",
+            "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert "[speakers]" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["argv"] == argv and result["settings"]["model"] == "lr"
+    assert [r["fold"] for r in result["rows"]] == ["fold0", "fold1", "fold2", "fold3"]
+    assert result["summary"]["speakers"]["uar"]["mean"] > 0.5  # classes are apart: far above chance (0.25)
+    with pytest.raises(SystemExit, match="egemaps"):
+        cli.main(["evaluate", "--backbone", "wavlm"])
+
+
+def test_ablate_compare_prints_paired_differences(tmp_path, capsys):
+    from training.__main__ import main
+
+    def run(path, uar):
+        rows = [{"protocol": "speakers", "fold": f"fold{f}", "seed": 0, "points": "red", "uar": uar + 0.01 * f}
+                for f in range(4)]
+        path.write_text(json.dumps({"rows": rows}))
+        return f"{path}:red"
+
+    base, other = run(tmp_path / "a.json", 0.4), run(tmp_path / "b.json", 0.5)
+    assert main(["ablate", "--compare", base, other]) == 0
+    line = capsys.readouterr().out
+    assert "n=4" in line and "Δ +0.100" in line
+    with pytest.raises(SystemExit, match="--tag"):
+        main(["ablate"])
 
 
 # ----------------------------------------------------------------------------- sampling, augmentation
@@ -244,7 +391,6 @@ def _real_subset(n_per_speaker=16):
 @pytest.mark.slow
 def test_egemaps_build_command_on_real_clips_gives_a_bundle_the_monitor_loads(tmp_path):
     from monitor.model.bundle import load_bundle
-    from monitor.model.emotion import EmotionModel
     from training.__main__ import main
     from calibration.data import load_embeddings
     from monitor.audio.io import read_audio
@@ -311,7 +457,7 @@ def _tiny_wavlm(folder: Path) -> Path:
 def _synthetic_corpus(folder: Path, n_per_class: int = 10) -> Path:
     rng = np.random.default_rng(0)
     rows = []
-    for c, (label, freq) in enumerate((("angry", 300.0), ("sad", 120.0), ("happy", 220.0))):
+    for label, freq in (("angry", 300.0), ("sad", 120.0), ("happy", 220.0)):
         for k in range(n_per_class):
             n = int(rng.uniform(0.3, 0.7) * 16000)
             t = np.arange(n) / 16000
@@ -327,7 +473,6 @@ def _synthetic_corpus(folder: Path, n_per_class: int = 10) -> Path:
 @pytest.mark.parametrize("finetune,precision", [("transformer", "bf16"), ("frozen", "fp32")])
 def test_tiny_wavlm_end_to_end_into_a_bundle_the_monitor_loads(tmp_path, finetune, precision):
     from monitor.model.bundle import load_bundle
-    from monitor.model.emotion import EmotionModel
     from training.__main__ import main
     from monitor.audio.io import read_audio
 
@@ -336,8 +481,14 @@ def test_tiny_wavlm_end_to_end_into_a_bundle_the_monitor_loads(tmp_path, finetun
     out = tmp_path / "wavlm-bundle"
     rc = main(["build", "--backbone", "wavlm", "--source", str(source), "--finetune", finetune,
                "--corpora", f"csv={corpus}", "--epochs", "2", "--max-steps", "4", "--batch-size", "4",
-               "--device", "cpu", "--precision", precision, "--out", str(out), "--augment", "noise"])
+               "--device", "cpu", "--precision", precision, "--out", str(out), "--augment", "noise",
+               "--reducer-fast-neighbors", "7"])
     assert rc == 0
+    # the reducer flags reach the wavlm bundle's reducer, as they do the egemaps one
+    assert load_bundle(out).reducer.fast_neighbors == 7
+    config = json.loads((out / "bundle.json").read_text())["provenance"]["config"]
+    assert config["reducer_params"] == {"fast_neighbors": 7} and config["reducer"]["fast_neighbors"] == 7
+    assert config["train"]["feature_noise"] == 0.0 and config["train"]["min_epochs"] == 1
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 4 and all(np.isfinite(r["train_loss"]) for r in log)
     meta = json.loads((out / "bundle.json").read_text())
@@ -347,7 +498,8 @@ def test_tiny_wavlm_end_to_end_into_a_bundle_the_monitor_loads(tmp_path, finetun
     # the trained layer weights and the fine-tuned encoder came back
     state = torch.load(out / "checkpoint.pt", weights_only=True)["best_model"]
     torch.testing.assert_close(model.backbone.layer_logits.detach(), state["backbone.layer_logits"])
-    enc_key = next(k for k in state if k.startswith("backbone.encoder.encoder.layers.0.attention") and k.endswith("weight"))
+    enc_key = next(k for k in state
+                   if k.startswith("backbone.encoder.encoder.layers.0.attention") and k.endswith("weight"))
     torch.testing.assert_close(model.backbone.state_dict()[enc_key[len("backbone."):]], state[enc_key])
     from safetensors.torch import load_file
 

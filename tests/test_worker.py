@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 
@@ -85,7 +86,7 @@ def test_queue_is_bounded_and_applies_back_pressure():
     time.sleep(0.05)  # the worker holds segment 0 inside the (gated) model
     for i in range(1, 4):
         worker.submit(seg(i), timeout=1)
-    with pytest.raises(Exception):  # queue.Full: the producer is held back, memory does not grow
+    with pytest.raises(queue.Full):  # the producer is held back, memory does not grow
         worker.submit(seg(4), timeout=0.1)
     model.gate.set()
     worker.close()

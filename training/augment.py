@@ -32,7 +32,7 @@ def add_noise(wave: np.ndarray, rng: np.random.Generator, snr_db: tuple[float, f
         noise = np.fft.irfft(spec / np.sqrt(f), n=len(wave))
     noise = noise / (np.sqrt(np.mean(noise ** 2)) + 1e-12)
     noise *= np.sqrt(power / 10 ** (snr / 10))
-    return (wave + noise).astype(np.float32)
+    return np.asarray(wave + noise, dtype=np.float32)
 
 
 def change_gain(wave: np.ndarray, rng: np.random.Generator, db: tuple[float, float] = (-12.0, 6.0)) -> np.ndarray:
@@ -45,7 +45,7 @@ def change_speed(wave: np.ndarray, rng: np.random.Generator, factors: tuple[floa
     import soxr
 
     factor = rng.uniform(*factors)
-    return soxr.resample(wave.astype(np.float32), SAMPLE_RATE * factor, SAMPLE_RATE).astype(np.float32)
+    return np.asarray(soxr.resample(wave.astype(np.float32), SAMPLE_RATE * factor, SAMPLE_RATE), dtype=np.float32)
 
 
 def add_reverb(wave: np.ndarray, rng: np.random.Generator, rt60: tuple[float, float] = (0.2, 0.8),
@@ -65,7 +65,7 @@ def add_reverb(wave: np.ndarray, rng: np.random.Generator, rt60: tuple[float, fl
     peak = np.max(np.abs(out)) + 1e-9
     if peak > 1.0:
         out = out / peak
-    return out.astype(np.float32)
+    return np.asarray(out, dtype=np.float32)
 
 
 AUGMENTATIONS = {"noise": add_noise, "gain": change_gain, "speed": change_speed, "reverb": add_reverb}

@@ -27,7 +27,7 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, overload
 
 import numpy as np
 
@@ -77,7 +77,14 @@ class Manifest:
     def __iter__(self) -> Iterator[Item]:
         return iter(self.items)
 
-    def __getitem__(self, index):
+    @overload
+    def __getitem__(self, index: int | np.integer) -> Item: ...
+
+    @overload
+    def __getitem__(self, index: slice | np.ndarray | list[int] | list[bool]) -> Manifest: ...
+
+    def __getitem__(self, index: int | np.integer | slice | np.ndarray | list[int] | list[bool]) -> Item | Manifest:
+        """An item by position, or a manifest of the items a slice, index array or boolean mask selects."""
         if isinstance(index, (slice, np.ndarray, list)):
             if isinstance(index, slice):
                 return Manifest(self.items[index], list(self.skipped))
@@ -123,7 +130,7 @@ class Manifest:
     def split(self, name: str) -> "Manifest":
         return self.where(lambda item: item.split == name)
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         return {
             "n": len(self.items),
             "corpora": dict(Counter(self.corpora.tolist())),
@@ -140,7 +147,8 @@ class Manifest:
             writer = csv.DictWriter(handle, fieldnames=names)
             writer.writeheader()
             for item in self.items:
-                writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(item).items()})
+                writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v)
+                                 for k, v in asdict(item).items()})
 
     @classmethod
     def from_csv(cls, path: str | Path) -> "Manifest":
@@ -200,7 +208,7 @@ class _Collector:
     def skip(self, path: Path | str, reason: str) -> None:
         self.manifest.skipped.append((str(path), reason))
 
-    def add(self, path: Path, raw_label: str, speaker: str, **extra) -> None:
+    def add(self, path: Path, raw_label: str, speaker: str, **extra: Any) -> None:
         try:
             label = _canonical(raw_label, self.label_map)
         except KeyError:
@@ -215,7 +223,8 @@ class _Collector:
                 self.skip(path, problem)
                 return
         self.manifest.items.append(
-            Item(path=str(path), label=label, raw_label=raw_label, speaker=f"{self.corpus}:{speaker}", corpus=self.corpus, **extra)
+            Item(path=str(path), label=label, raw_label=raw_label, speaker=f"{self.corpus}:{speaker}",
+                 corpus=self.corpus, **extra)
         )
 
     def done(self) -> Manifest:
@@ -233,7 +242,8 @@ _RAVDESS_NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$"
 
 
 def load_ravdess(root: str | Path, *, include_song: bool = False, check_audio: bool = True,
-                 label_map: dict[str, str | None] | None = None, test_speakers: Sequence[str] = ("21", "22", "23", "24"),
+                 label_map: dict[str, str | None] | None = None,
+                 test_speakers: Sequence[str] = ("21", "22", "23", "24"),
                  val_speakers: Sequence[str] = ("19", "20")) -> Manifest:
     """RAVDESS: ``Actor_XX/MM-VV-EE-II-SS-RR-AA.wav``; emotion, intensity and actor from the name.
 
@@ -283,13 +293,15 @@ def load_emovo(root: str | Path, *, check_audio: bool = True, label_map: dict[st
 
 
 _JL_NAME = re.compile(r"^((?:fe)?male\d+)_([a-z]+)_(\d+[a-z]?)_(\d+)$", re.IGNORECASE)
-#: JL-Corpus secondary emotions have no canonical anchor; they are reported and skipped by default.
-JL_SECONDARY = ("anxious", "apologetic", "assertive", "concerned", "encouraging")
 
 
 def load_jl(root: str | Path, *, check_audio: bool = True, label_map: dict[str, str | None] | None = None,
             test_speakers: Sequence[str] = (), val_speakers: Sequence[str] = ()) -> Manifest:
-    """JL-Corpus: ``SPEAKER_EMOTION_SENTENCE_TAKE.wav`` (any sub-folders)."""
+    """JL-Corpus: ``SPEAKER_EMOTION_SENTENCE_TAKE.wav`` (any sub-folders).
+
+    The secondary emotions (anxious, apologetic, assertive, concerned, encouraging) have no canonical
+    anchor: they are reported and skipped like any unknown label.
+    """
     root = Path(root)
     col = _Collector("jl", check_audio, label_map)
     for path in _audio_files(root):
@@ -442,9 +454,17 @@ def scale_dimensions_to_unit(manifest: Manifest, fit_split: str = "train",
             continue
         lo, hi = float(values.min()), float(values.max())
         span = hi - lo if hi > lo else 1.0
-        items = [replace(it, **{dim: float(np.clip(2.0 * (getattr(it, dim) - lo) / span - 1.0, -1.0, 1.0))})
-                 if math.isfinite(getattr(it, dim)) else it for it in items]
+        items = [_scaled(it, dim, lo, span) for it in items]
     return Manifest(items, list(manifest.skipped))
+
+
+def _scaled(item: Item, dim: str, lo: float, span: float) -> Item:
+    """``item`` with dimension ``dim`` mapped from [lo, lo + span] to [-1, 1] and clipped (NaN stays NaN)."""
+    value = getattr(item, dim)
+    if not math.isfinite(value):
+        return item
+    change: dict[str, Any] = {dim: float(np.clip(2.0 * (value - lo) / span - 1.0, -1.0, 1.0))}
+    return replace(item, **change)
 
 
 # MEAD ---------------------------------------------------------------------------------
@@ -477,8 +497,9 @@ def load_mead(root: str | Path, *, check_audio: bool = True, label_map: dict[str
             col.skip(path, f"unknown label: {emotion!r}")
             continue
         lm = re.match(r"level_(\d+)$", level)
+        initial = speaker.upper()[:1]
         col.add(path, MEAD_EMOTIONS[emotion], speaker, intensity=f"level_{lm.group(1)}" if lm else level,
-                gender="female" if speaker.upper().startswith("W") else "male" if speaker.upper().startswith("M") else "",
+                gender="female" if initial == "W" else "male" if initial == "M" else "",
                 utterance=f"{speaker}_{emotion}_{level}_{path.stem}", sentence=path.stem)
     return speaker_split(col.done(), n_test=n_test_speakers, n_val=n_val_speakers, seed=seed)
 
@@ -495,7 +516,8 @@ def read_csv_manifest(csv_path: str | Path, *, corpus: str | None = None, check_
     with open(csv_path, newline="") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or "path" not in reader.fieldnames or "label" not in reader.fieldnames:
-            raise ValueError(f"{csv_path}: a manifest CSV needs at least the columns path,label; got {reader.fieldnames}")
+            raise ValueError(f"{csv_path}: a manifest CSV needs at least the columns path,label; "
+                             f"got {reader.fieldnames}")
         for row in reader:
             c = (row.get("corpus") or corpus_name).strip()
             col = manifests.setdefault(c, _Collector(c, check_audio, label_map))
@@ -508,7 +530,7 @@ def read_csv_manifest(csv_path: str | Path, *, corpus: str | None = None, check_
             speaker = (row.get("speaker") or "").strip()
             if speaker.startswith(f"{c}:"):
                 speaker = speaker[len(c) + 1:]
-            extra = {}
+            extra: dict[str, Any] = {}
             for dim in ("valence", "arousal", "dominance"):
                 value = (row.get(dim) or "").strip()
                 extra[dim] = float(value) if value else math.nan
@@ -541,7 +563,7 @@ ANCHOR_SET_OF = {"ravdess": "ravdess", "emovo": "emovo", "jl": "jl", "emodb": "e
                  "iemocap": "iemocap4", "mead": "mead"}
 
 
-def load_corpus(name: str, path: str | Path, **options) -> Manifest:
+def load_corpus(name: str, path: str | Path, **options: Any) -> Manifest:
     """Run the adapter ``name`` (see :data:`ADAPTERS`) on ``path``."""
     if name not in ADAPTERS:
         raise KeyError(f"unknown corpus {name!r}; adapters: {sorted(ADAPTERS)}")
@@ -561,7 +583,9 @@ def parse_corpus_arg(arg: str, data_root: str | Path | None = None) -> tuple[str
     return name, Path(data_root) / DEFAULT_FOLDERS.get(name, name)
 
 
-def load_corpora(specs: Iterable[str], data_root: str | Path | None = None, **options) -> Manifest:
+def load_corpora(specs: Iterable[str], data_root: str | Path | None = None, **options: dict[str, Any]) -> Manifest:
+    """One manifest of several corpora (``NAME`` under ``data_root`` or ``NAME=PATH``); ``options[NAME]`` are
+    keyword arguments of that corpus's adapter (e.g. ``iemocap={"labels": "5"}``)."""
     manifest = Manifest()
     for spec in specs:
         name, path = parse_corpus_arg(spec, data_root)
@@ -597,7 +621,8 @@ def speaker_folds(manifest: Manifest, n_folds: int, seed: int | None = None) -> 
     fold 0, 07-12 in fold 1, ...: 3 women and 3 men in each fold); an integer
     seed shuffles speakers by a seeded hash.
     """
-    speakers = sorted(set(manifest.speakers.tolist())) if seed is None else _stable_rank(manifest.speakers.tolist(), seed)
+    names = manifest.speakers.tolist()
+    speakers = sorted(set(names)) if seed is None else _stable_rank(names, seed)
     if len(speakers) < n_folds:
         raise ValueError(f"{len(speakers)} speakers cannot make {n_folds} folds")
     fold_of = {spk: i * n_folds // len(speakers) for i, spk in enumerate(speakers)}
@@ -615,9 +640,10 @@ def corpus_split(manifest: Manifest, test_corpus: str, val_corpus: str | None = 
 
 def with_folds(manifest: Manifest, folds: np.ndarray, test_fold: int, val_fold: int | None = None,
                only: str | None = None) -> Manifest:
-    """Mark fold ``test_fold`` test, ``val_fold`` val, the rest train (items of other corpora than ``only`` stay train)."""
+    """Mark fold ``test_fold`` test, ``val_fold`` val, the rest train (items of corpora other than ``only``
+    stay train)."""
     items = []
-    for it, f in zip(manifest.items, folds):
+    for it, f in zip(manifest.items, folds, strict=True):
         if only is not None and it.corpus != only:
             split = "train"
         else:

@@ -2,6 +2,9 @@
 
 The Stage II metrics live in ``calibration.evaluate``; this module runs the
 Stage I model over audio first, which is why it sits above the live app.
+:func:`embed_audio_folder` gives the exported-embedding dict of a folder;
+:func:`score_audio` scores the bundle's reducer on it with
+``calibration.evaluate.report`` (``metrics.json`` and ``circumplex.png``).
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import numpy as np
 from tqdm import tqdm
 
 from calibration.data import check_embeddings, parse_ravdess_name
+from calibration.evaluate import DEFAULT_OUT, report
 from monitor.audio.io import read_audio
 from monitor.model.bundle import load_model
+from monitor.model.emotion import EmotionModel
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -44,23 +49,12 @@ def _audio_rows(folder: Path, manifest: Path | None) -> list[dict[str, str]]:
                          "intensity,valence,arousal] columns") from None
 
 
-def embed_audio_folder(bundle: str | Path, folder: str | Path, manifest: str | Path | None = None,
-                       batch: int = 16) -> dict[str, np.ndarray]:
-    """Run the bundle's Stage I model over a folder; returns an exported-embedding dict.
-
-    Uses the runtime's ``monitor.model.emotion.EmotionModel`` (imported here so the
-    embeddings path needs no Stage I code).
-    """
-    from tqdm import tqdm
-
-    from calibration.data import check_embeddings
-    from monitor.audio.io import read_audio
-    from monitor.model.bundle import load_bundle
-    from monitor.model.emotion import EmotionModel
-
+def embed_audio(model: EmotionModel, folder: str | Path, manifest: str | Path | None = None,
+                batch: int = 16) -> dict[str, np.ndarray]:
+    """Run a Stage I model over a folder (RAVDESS names, or any files listed in ``manifest``);
+    returns an exported-embedding dict (``calibration.data``)."""
     folder = Path(folder)
     rows = _audio_rows(folder, Path(manifest) if manifest else None)
-    _, model = load_model(bundle)
     embs, probs = [], []
     for s in tqdm(range(0, len(rows), batch), desc="embedding audio", unit="batch"):
         waves = [read_audio(r["path"]) for r in rows[s:s + batch]]
@@ -68,7 +62,10 @@ def embed_audio_folder(bundle: str | Path, folder: str | Path, manifest: str | P
         embs.append(np.asarray(e, dtype=np.float32))
         probs.append(np.asarray(p, dtype=np.float64))
     n = len(rows)
-    col = lambda key, default="": np.asarray([r.get(key) or default for r in rows], dtype=str)  # noqa: E731
+
+    def col(key: str, default: str = "") -> np.ndarray:
+        return np.asarray([r.get(key) or default for r in rows], dtype=str)
+
     data = {
         "embeddings": np.concatenate(embs),
         "labels": col("label"),
@@ -85,3 +82,22 @@ def embed_audio_folder(bundle: str | Path, folder: str | Path, manifest: str | P
         if any(r.get(key) not in (None, "") for r in rows):
             data[key] = np.asarray([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows])
     return check_embeddings(data, source=str(folder))
+
+
+def embed_audio_folder(bundle: str | Path, folder: str | Path, manifest: str | Path | None = None,
+                       batch: int = 16) -> dict[str, np.ndarray]:
+    """Run the bundle's Stage I model (the runtime's ``load_model``) over a folder: :func:`embed_audio`."""
+    _, model = load_model(bundle)
+    return embed_audio(model, folder, manifest, batch)
+
+
+def score_audio(bundle: str | Path, audio: str | Path, manifest: str | Path | None = None, method: str = "fast",
+                anchors: str | None = None, out: str | Path = DEFAULT_OUT, title: str | None = None) -> int:
+    """Embed the audio with the bundle's model, then score the bundle's reducer on it
+    (``calibration.evaluate.report``: metrics.json + circumplex.png in ``out``, a summary on stdout)."""
+    loaded, model = load_model(bundle)
+    if loaded.reducer is None:
+        raise ValueError(f"{bundle}: the bundle has no fitted reducer to score")
+    data = embed_audio(model, audio, manifest)
+    source = f"{Path(audio).name} (audio{', ' + Path(manifest).name if manifest else ''})"
+    return report(loaded.reducer, data, source, anchors, method, Path(out), title)

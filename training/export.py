@@ -14,9 +14,19 @@ import platform
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    import torch
+
+    from calibration.reducer import AnchoredReducer
+    from calibration.speaker import FeatureNormalizer
+    from monitor.model.bundle import ModelBundle
+    from monitor.model.head import EmotionHead
+    from training.corpora import Manifest
 
 #: Licence of each corpus this project knows (for provenance and the model card).
 CORPUS_LICENCES = {
@@ -33,12 +43,12 @@ CORPUS_LICENCES = {
 REDUCER_DEFAULTS: dict[str, Any] = {"align": None, "random_state": 0}
 
 
-def export_embeddings(path: str | Path, embeddings: np.ndarray, manifest, probabilities: np.ndarray | None = None,
-                      class_labels: Sequence[str] | None = None) -> Path:
+def export_embeddings(path: str | Path, embeddings: np.ndarray, manifest: Manifest,
+                      probabilities: np.ndarray | None = None, class_labels: Sequence[str] | None = None) -> Path:
     """Write embeddings with their labels, speakers, corpus and split (no file paths, no pickle)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {
+    arrays: dict[str, Any] = {
         "embeddings": np.asarray(embeddings, dtype=np.float32),
         "labels": manifest.labels.astype(str),
         "speakers": manifest.speakers.astype(str),
@@ -58,8 +68,8 @@ def export_embeddings(path: str | Path, embeddings: np.ndarray, manifest, probab
     return path
 
 
-def fit_reducer(embeddings: np.ndarray, labels: Sequence[str], anchors: Any = "all", X_align: np.ndarray | None = None,
-                y_align: Sequence[str] | None = None, **params):
+def fit_reducer(embeddings: ArrayLike, labels: ArrayLike, anchors: Any = "all", X_align: ArrayLike | None = None,
+                y_align: ArrayLike | None = None, **params: Any) -> AnchoredReducer:
     """Fit the Stage II ``AnchoredReducer`` on embeddings with canonical labels.
 
     ``X_align``/``y_align``: held-out embeddings (the early-stopping speakers') on which an ``align``
@@ -69,7 +79,7 @@ def fit_reducer(embeddings: np.ndarray, labels: Sequence[str], anchors: Any = "a
 
     settings = {**REDUCER_DEFAULTS, **params}
     reducer = AnchoredReducer(anchors=anchors, **settings)
-    if settings.get("align") and X_align is not None and len(X_align):
+    if settings.get("align") and X_align is not None and len(np.asarray(X_align)):
         return reducer.fit(np.asarray(embeddings, dtype=np.float32), np.asarray(labels),
                            X_align=np.asarray(X_align, dtype=np.float32), y_align=np.asarray(y_align))
     return reducer.fit(np.asarray(embeddings, dtype=np.float32), np.asarray(labels))
@@ -84,7 +94,8 @@ def git_commit() -> str:
         return "unknown"
 
 
-def provenance(manifest, config: dict, command: Sequence[str] | None = None, extra: dict | None = None) -> dict:
+def provenance(manifest: Manifest, config: dict[str, Any], command: Sequence[str] | None = None,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the model was trained on and how (no machine paths)."""
     import torch
 
@@ -94,7 +105,7 @@ def provenance(manifest, config: dict, command: Sequence[str] | None = None, ext
         "corpora": {c: {"clips": int((manifest.corpora == c).sum()),
                         "speakers": int(len(set(manifest.speakers[manifest.corpora == c].tolist()))),
                         "licence": CORPUS_LICENCES.get(c, "see the corpus")} for c in corpora},
-        "labels": {k: int(v) for k, v in zip(*np.unique(manifest.labels, return_counts=True))},
+        "labels": {k: int(v) for k, v in zip(*np.unique(manifest.labels, return_counts=True), strict=True)},
         "licence_note": "non-commercial: trained on data licensed for non-commercial / research use only"
         if any(c in corpora for c in ("ravdess", "emovo", "iemocap", "mead")) else "see the corpus licences",
         "config": config,
@@ -105,10 +116,12 @@ def provenance(manifest, config: dict, command: Sequence[str] | None = None, ext
     }
 
 
-def make_bundle(*, backbone_spec: dict, labels: Sequence[str], head, normalizer, reducer=None, anchor_set: str = "all",
-                name: str = "model", version: str = "1", provenance: dict | None = None, metrics: dict | None = None,
-                layer_logits=None, encoder=None):
-    """A ``monitor.model.bundle.ModelBundle`` from trained parts."""
+def make_bundle(*, backbone_spec: dict[str, Any], labels: Sequence[str], head: EmotionHead,
+                normalizer: FeatureNormalizer, reducer: AnchoredReducer | None = None, anchor_set: str = "all",
+                name: str = "model", version: str = "1",
+                provenance: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                layer_logits: torch.Tensor | None = None, encoder: Any = None) -> ModelBundle:
+    """A ``monitor.model.bundle.ModelBundle`` from trained parts (``encoder``: a transformers model to save)."""
     from calibration.anchors import get_anchor_set
     from monitor.model.bundle import ModelBundle
 
@@ -117,7 +130,7 @@ def make_bundle(*, backbone_spec: dict, labels: Sequence[str], head, normalizer,
         head_state["backbone.layer_logits"] = layer_logits.detach().cpu().float().contiguous()
     head_config = head.config()
     table = get_anchor_set(anchor_set)
-    anchors = {c: tuple(table.anchor(c)) if c in table.anchors else tuple(get_anchor_set("all").anchor(c)) for c in labels}
+    anchors = {c: table.anchor(c) if c in table.anchors else get_anchor_set("all").anchor(c) for c in labels}
     return ModelBundle(backbone=dict(backbone_spec), labels=list(labels), anchors=anchors, head_config=head_config,
                        head_state=head_state, normalizer=normalizer, reducer=reducer, anchor_set=anchor_set, name=name,
                        version=version, provenance=provenance or {}, metrics=metrics or {}, encoder=encoder)

@@ -22,20 +22,21 @@ from typing import Callable, Sequence
 import numpy as np
 
 from monitor.audio.io import read_audio
-from monitor.model.base import SAMPLE_RATE
+from monitor.model.audio_format import SAMPLE_RATE
+from monitor.model.base import Backbone
 from monitor.model.egemaps import EgemapsBackbone
 from training.augment import Augmentation
-from training.corpora import Manifest
+from training.corpora import Item, Manifest
 
 log = logging.getLogger(__name__)
 
 #: Bump when the audio reading or the features change: cached entries of older versions are recomputed.
 CACHE_VERSION = 2
 DEFAULT_CACHE = Path(".cache") / "features"
-FEATURE_SETS = ("eGeMAPSv02", "ComParE_2016")
 
 
-def trim_silence(wave: np.ndarray, top_db: float = 35.0, frame: int = 400, hop: int = 160, pad_s: float = 0.1) -> np.ndarray:
+def trim_silence(wave: np.ndarray, top_db: float = 35.0, frame: int = 400, hop: int = 160,
+                 pad_s: float = 0.1) -> np.ndarray:
     """Cut leading/trailing frames more than ``top_db`` below the loudest frame (keeps ``pad_s`` either side),
     roughly what a voice-activity segmenter hands the model at run time."""
     if len(wave) < frame:
@@ -55,7 +56,7 @@ def trim_silence(wave: np.ndarray, top_db: float = 35.0, frame: int = 400, hop: 
 class BackboneFeaturizer:
     """Wraps a ``monitor.model.base.Backbone`` (its ``features`` method) as a featurizer."""
 
-    def __init__(self, backbone, name: str | None = None, batch_size: int = 8):
+    def __init__(self, backbone: Backbone, name: str | None = None, batch_size: int = 8):
         self.backbone = backbone
         self.feature_dim = int(backbone.feature_dim)
         self.batch_size = batch_size
@@ -93,7 +94,7 @@ class FeatureTable:
     name: str
 
 
-def _entry_id(item, extra: str) -> str:
+def _entry_id(item: Item, extra: str) -> str:
     try:
         size = os.path.getsize(item.path)
     except OSError:
@@ -116,7 +117,7 @@ class FeatureCache:
         if not path.is_file():
             return {}
         with np.load(path, allow_pickle=False) as data:
-            return dict(zip(data["ids"].tolist(), data["X"]))
+            return dict(zip(data["ids"].tolist(), data["X"], strict=True))
 
     def save(self, name: str, variant: str, table: dict[str, np.ndarray]) -> None:
         path = self._file(name, variant)
@@ -128,9 +129,14 @@ class FeatureCache:
         os.replace(tmp, path)
 
 
-def extract(manifest: Manifest, featurizer: Callable | None = None, *, feature_set: str = "eGeMAPSv02",
-            augmentation: Augmentation | None = None, trim: bool = False, cache: FeatureCache | str | Path | None = DEFAULT_CACHE,
-            progress: bool = True, save_every: int = 200) -> FeatureTable:
+#: ``featurizer([wave, ...]) -> [n, d]``: one pooled feature vector per 16 kHz waveform.
+Featurizer = Callable[[Sequence[np.ndarray]], np.ndarray]
+
+
+def extract(manifest: Manifest, featurizer: Featurizer | None = None, *, feature_set: str = "eGeMAPSv02",
+            augmentation: Augmentation | None = None, trim: bool = False,
+            cache: FeatureCache | str | Path | None = DEFAULT_CACHE, progress: bool = True,
+            save_every: int = 200) -> FeatureTable:
     """Features for every item of ``manifest`` (cached). Items whose audio fails to load are reported in ``failed``."""
     from tqdm.auto import tqdm
 
@@ -173,3 +179,24 @@ def extract(manifest: Manifest, featurizer: Callable | None = None, *, feature_s
     X = np.stack([table[ids[i]] for i in keep]).astype(np.float32) if keep else np.zeros((0, dim), np.float32)
     kept = Manifest([manifest[i] for i in keep], list(manifest.skipped) + [(p, "load failed: " + r) for p, r in failed])
     return FeatureTable(X=X, manifest=kept, failed=failed, name=name)
+
+
+def feature_matrices(manifest: Manifest, feature_set: str = "eGeMAPSv02", augment: Sequence[str] = (),
+                     trim: bool = False, cache: FeatureCache | str | Path | None = DEFAULT_CACHE,
+                     progress: bool = True) -> tuple[np.ndarray, Manifest, list[np.ndarray]]:
+    """(features [n, d] float64, the manifest of the n clips that loaded, one [n, d] array per augmentation).
+
+    What every head fit reads (``build``, ``evaluate``, ``experiment``, ``ablate``): the clean
+    features, plus a copy of every clip per ``augment`` entry (e.g. ``"noise"``, ``"noise+reverb"``),
+    all extracted through the cache; ``trim`` cuts leading/trailing silence first.
+    """
+    featurizer = make_featurizer(feature_set)
+    table = extract(manifest, featurizer, trim=trim, cache=cache, progress=progress)
+    X_aug = []
+    for spec in augment:
+        t = extract(table.manifest, featurizer, augmentation=Augmentation.from_spec(spec), trim=trim, cache=cache,
+                    progress=progress)
+        if not np.array_equal(t.manifest.keys, table.manifest.keys):
+            raise RuntimeError(f"augmentation {spec} failed on {len(t.failed)} clips: {t.failed[:3]}")
+        X_aug.append(t.X.astype(np.float64))
+    return table.X.astype(np.float64), table.manifest, X_aug

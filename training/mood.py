@@ -8,13 +8,16 @@ fails it, and the runtime has no such mode.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from calibration.metrics import anchor_agreement, uar
 from calibration.speaker import BASELINE_EMOTIONS, SpeakerBaseline
 
+#: ``predict(raw_features, baseline) -> (probabilities, points)``: the runtime path replayed.
+Predict = Callable[[np.ndarray, SpeakerBaseline | np.ndarray | None], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -28,8 +31,7 @@ class SessionResult:
     points_mixed: np.ndarray
 
 
-def replay_sessions(features: np.ndarray, labels: Sequence[str], speakers: Sequence[str],
-                    predict: Callable[[np.ndarray, SpeakerBaseline | np.ndarray | None], tuple[np.ndarray, np.ndarray]],
+def replay_sessions(features: np.ndarray, labels: ArrayLike, speakers: ArrayLike, predict: Predict,
                     normalization: str = "enrolment", enrol_emotions: Sequence[str] = BASELINE_EMOTIONS,
                     seed: int = 0) -> SessionResult:
     """Replay each speaker's non-enrolment clips as sessions and predict them.
@@ -45,21 +47,21 @@ def replay_sessions(features: np.ndarray, labels: Sequence[str], speakers: Seque
     the session's own speech (the control that must fail).
     """
     features = np.asarray(features, dtype=np.float64)
-    labels = np.asarray(labels)
-    speakers = np.asarray(speakers)
+    label_of = np.asarray(labels)
+    speaker_of = np.asarray(speakers)
     rng = np.random.default_rng(seed)
     out_labels, ps, pm, qs, qm = [], [], [], [], []
 
-    def baseline_for(session_x: np.ndarray, enrol: np.ndarray | None):
+    def baseline_for(session_x: np.ndarray, enrol: np.ndarray | None) -> np.ndarray | None:
         if normalization == "enrolment":
             return enrol
         if normalization == "self":
-            return session_x.mean(axis=0)
+            return np.asarray(session_x.mean(axis=0))
         return None
 
-    for spk in np.unique(speakers):
-        is_spk = speakers == spk
-        is_enrol = is_spk & np.isin(labels, list(enrol_emotions))
+    for spk in np.unique(speaker_of):
+        is_spk = speaker_of == spk
+        is_enrol = is_spk & np.isin(label_of, list(enrol_emotions))
         evaluate = np.flatnonzero(is_spk & ~is_enrol)
         if evaluate.size == 0:
             continue
@@ -67,13 +69,13 @@ def replay_sessions(features: np.ndarray, labels: Sequence[str], speakers: Seque
         # mixed session: all evaluated clips in a shuffled order
         order = rng.permutation(evaluate)
         p_mixed, q_mixed = predict(features[order], baseline_for(features[order], enrol))
-        mixed_p = dict(zip(order.tolist(), p_mixed))
-        mixed_q = dict(zip(order.tolist(), q_mixed))
-        for emo in np.unique(labels[evaluate]):
-            sess = evaluate[labels[evaluate] == emo]
+        mixed_p = dict(zip(order.tolist(), p_mixed, strict=True))
+        mixed_q = dict(zip(order.tolist(), q_mixed, strict=True))
+        for emo in np.unique(label_of[evaluate]):
+            sess = evaluate[label_of[evaluate] == emo]
             p_single, q_single = predict(features[sess], baseline_for(features[sess], enrol))
             for j, i in enumerate(sess.tolist()):
-                out_labels.append(labels[i])
+                out_labels.append(label_of[i])
                 ps.append(p_single[j])
                 qs.append(q_single[j])
                 pm.append(mixed_p[i])
@@ -82,15 +84,15 @@ def replay_sessions(features: np.ndarray, labels: Sequence[str], speakers: Seque
 
 
 def persistent_mood_scores(result: SessionResult, class_labels: Sequence[str],
-                           anchors: dict[str, tuple[float, float]]) -> dict[str, float]:
+                           anchors: Mapping[str, Sequence[float]]) -> dict[str, float]:
     """UAR and anchor CCC of the same clips in one-emotion vs mixed sessions, and their ratios."""
-    class_labels = list(class_labels)
+    classes = list(class_labels)
     present = sorted(set(result.labels.tolist()))
-    cols = [class_labels.index(c) for c in present if c in class_labels]
-    names = [class_labels[c] for c in cols]
+    cols = [classes.index(c) for c in present if c in classes]
+    names = [classes[c] for c in cols]
 
-    def predicted(p):
-        return np.asarray(names)[np.argmax(p[:, cols], axis=1)]
+    def predicted(p: np.ndarray) -> np.ndarray:
+        return np.asarray(np.asarray(names)[np.argmax(p[:, cols], axis=1)])
 
     out = {}
     for name, probs, points in (("single", result.probs_single, result.points_single),

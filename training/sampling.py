@@ -10,7 +10,7 @@ only; ``"none"`` is a plain shuffle.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -18,8 +18,9 @@ import torch
 BALANCE_MODES = ("corpus+class", "class", "none")
 
 
-def sample_weights(labels: Sequence[str], corpora: Sequence[str] | None = None, balance: str = "corpus+class") -> np.ndarray:
-    """Per-clip sampling weights (sum to 1)."""
+def sample_weights(labels: Iterable[str], corpora: Iterable[str] | None = None,
+                   balance: str = "corpus+class") -> np.ndarray:
+    """Per-clip sampling weights (sum to 1); ``labels`` and ``corpora`` are per clip (lists or arrays)."""
     if balance not in BALANCE_MODES:
         raise ValueError(f"balance must be one of {BALANCE_MODES}, got {balance!r}")
     labels = list(labels)
@@ -31,13 +32,14 @@ def sample_weights(labels: Sequence[str], corpora: Sequence[str] | None = None, 
     if balance == "class" or corpora is None:
         counts = Counter(labels)
         w = np.asarray([1.0 / (len(counts) * counts[y]) for y in labels])
-        return w / w.sum()
-    corpora = list(corpora)
-    pair = Counter(zip(corpora, labels))
+        return np.asarray(w / w.sum())
+    corpus_of = list(corpora)
+    pair = Counter(zip(corpus_of, labels, strict=True))
     classes_per_corpus = Counter(c for c, _ in pair)
     n_corpora = len(classes_per_corpus)
-    w = np.asarray([1.0 / (n_corpora * classes_per_corpus[c] * pair[(c, y)]) for c, y in zip(corpora, labels)])
-    return w / w.sum()
+    w = np.asarray([1.0 / (n_corpora * classes_per_corpus[c] * pair[(c, y)])
+                    for c, y in zip(corpus_of, labels, strict=True)])
+    return np.asarray(w / w.sum())
 
 
 class BalancedSampler(torch.utils.data.Sampler[int]):
@@ -60,7 +62,8 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
         if self.uniform and self.num_samples == len(self.weights):  # plain shuffle
             yield from torch.randperm(len(self.weights), generator=self.generator).tolist()
         else:
-            yield from torch.multinomial(self.weights, self.num_samples, replacement=True, generator=self.generator).tolist()
+            yield from torch.multinomial(self.weights, self.num_samples, replacement=True,
+                                         generator=self.generator).tolist()
 
     def state(self) -> torch.Tensor:
         return self.generator.get_state()

@@ -26,7 +26,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -36,10 +36,20 @@ from calibration.metrics import uar
 from monitor.audio.io import read_audio
 from training.sampling import BalancedSampler, sample_weights
 
+if TYPE_CHECKING:
+    from calibration.speaker import FeatureNormalizer
+    from monitor.model.head import EmotionHead
+    from monitor.model.wavlm import WavLMBackbone
+    from training.corpora import Item
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 METRICS_LOG = "metrics.jsonl"
+#: ``batches(epoch)`` yields ``(inputs, targets)``: one epoch of training batches.
+Batches = Callable[[int], Iterable[tuple[Any, torch.Tensor]]]
+#: ``evaluate()`` -> ``(logits [n, C], targets [n])`` on the validation set.
+Evaluate = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -72,7 +82,7 @@ class TrainConfig:
     num_workers: int = 0
     max_seconds: float = 8.0  # random crop of training waveforms (wavlm path)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -82,7 +92,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int,
+                    warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
     warm = max(1, int(round(total_steps * warmup)))
 
     def factor(step: int) -> float:
@@ -97,7 +108,7 @@ def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: 
 class TrainResult:
     best_epoch: int
     best_score: float
-    history: list[dict]
+    history: list[dict[str, Any]]
     temperature: float = 1.0
     steps: int = 0
     resumed_from: int | None = None
@@ -112,9 +123,9 @@ class Trainer:
     [n] long tensor)`` on the validation set.
     """
 
-    def __init__(self, model: nn.Module, param_groups: list[dict], config: TrainConfig, device: torch.device,
-                 steps_per_epoch: int, out_dir: str | Path | None = None, sampler: BalancedSampler | None = None,
-                 label_names: Sequence[str] = ()):
+    def __init__(self, model: nn.Module, param_groups: list[dict[str, Any]], config: TrainConfig,
+                 device: torch.device, steps_per_epoch: int, out_dir: str | Path | None = None,
+                 sampler: BalancedSampler | None = None):
         from monitor.model.emotion import autocast_dtype
 
         self.model = model
@@ -122,7 +133,6 @@ class Trainer:
         self.device = device
         self.out_dir = Path(out_dir) if out_dir else None
         self.sampler = sampler
-        self.label_names = list(label_names)
         self.optimizer = torch.optim.AdamW(param_groups, weight_decay=config.weight_decay)
         total = max(1, steps_per_epoch * config.epochs)
         if config.max_steps:
@@ -138,7 +148,7 @@ class Trainer:
         self.best_epoch = -1
         self.best_state: dict[str, torch.Tensor] | None = None
         self.bad_epochs = 0
-        self.history: list[dict] = []
+        self.history: list[dict[str, Any]] = []
         self.ema_state: dict[str, torch.Tensor] | None = None
 
     # ---- checkpoints ----------------------------------------------------------------
@@ -186,7 +196,8 @@ class Trainer:
         self.best_epoch = int(state["best_epoch"])
         self.bad_epochs = int(state["bad_epochs"])
         self.best_state = state["best_model"] or None
-        self.ema_state = {k: v.to(self.device) for k, v in state["ema_model"].items()} if state.get("ema_model") else None
+        ema = state.get("ema_model")
+        self.ema_state = {k: v.to(self.device) for k, v in ema.items()} if ema else None
         self.history = json.loads(state["history"])
         return self.epoch
 
@@ -208,8 +219,9 @@ class Trainer:
                 else:
                     self.ema_state[k].copy_(v)
 
-    def _validate_ema(self, evaluate) -> dict:
+    def _validate_ema(self, evaluate: Evaluate) -> dict[str, float]:
         """Validate with the averaged weights, then put the raw weights back."""
+        assert self.ema_state is not None
         raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.model.load_state_dict(self.ema_state)
         try:
@@ -218,12 +230,12 @@ class Trainer:
             self.model.load_state_dict(raw)
 
     # ---- the loop --------------------------------------------------------------------
-    def _autocast(self):
+    def _autocast(self) -> torch.autocast:
         if self.amp_dtype is None:
             return torch.autocast(device_type=self.device.type, enabled=False)
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def validate(self, evaluate: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    def validate(self, evaluate: Evaluate) -> dict[str, float]:
         self.model.eval()
         with torch.no_grad(), self._autocast():
             logits, targets = evaluate()
@@ -233,12 +245,74 @@ class Trainer:
         score = uar(targets.cpu().numpy(), pred) if len(targets) else float("nan")
         return {"val_loss": loss, "val_uar": score}
 
-    def fit(self, batches: Callable[[int], Iterable[tuple[Any, torch.Tensor]]],
-            evaluate: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None, resume: bool = False,
-            progress: bool = True) -> TrainResult:
+    def _train_step(self, inputs: Any, targets: torch.Tensor) -> float:
+        """One optimiser step on a batch; returns its loss."""
+        cfg = self.config
+        targets = targets.to(self.device)
+        with self._autocast():
+            _, logits = self.model(inputs)
+            loss = self.loss_fn(logits.float(), targets)  # cross-entropy on the logits
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward(self.scaler.scale(loss))
+        if cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if not self.scaler.is_enabled() or self.scaler.get_scale() >= scale:
+            self.scheduler.step()  # fp16: a step skipped for inf/NaN gradients does not advance the schedule
+        self.step += 1
+        if cfg.ema > 0:
+            self._update_ema()
+        return float(loss.item())
+
+    def _train_epoch(self, batches: Batches, progress: bool) -> list[float]:
+        """The batches of one epoch (stopping at ``max_steps``); returns their losses."""
         from tqdm.auto import tqdm
 
         cfg = self.config
+        self.model.train()
+        losses: list[float] = []
+        bar = tqdm(batches(self.epoch), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
+        for inputs, targets in bar:
+            losses.append(self._train_step(inputs, targets))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            if cfg.max_steps and self.step >= cfg.max_steps:
+                break
+        return losses
+
+    def _end_epoch(self, losses: list[float], seconds: float, evaluate: Evaluate | None) -> dict[str, Any]:
+        """Validate, keep the best state, count epochs without improvement; returns the epoch's metrics record."""
+        cfg = self.config
+        self.epoch += 1
+        record: dict[str, Any] = {"epoch": self.epoch, "step": self.step,
+                                  "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                                  "lr_head": self.optimizer.param_groups[-1]["lr"], "seconds": round(seconds, 3)}
+        averaged = cfg.ema > 0 and bool(self.ema_state)
+        if evaluate is not None:
+            record.update(self._validate_ema(evaluate) if averaged else self.validate(evaluate))
+            score = -record["val_loss"] if cfg.select == "loss" else record["val_uar"]
+        else:
+            score = -record["train_loss"]
+        improved = score > self.best_score + 1e-6
+        if improved or self.best_state is None:
+            self.best_score, self.best_epoch, self.bad_epochs = score, self.epoch, 0
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.ema_state.items()} \
+                if averaged and self.ema_state else self._trainable_state()
+        else:
+            self.bad_epochs += 1
+        record["best_epoch"] = self.best_epoch
+        self.history.append(record)
+        return record
+
+    def _running(self) -> bool:
+        cfg = self.config
+        return self.epoch < cfg.epochs and not (cfg.max_steps and self.step >= cfg.max_steps) \
+            and not self._stopped_early()  # a resumed run that had already stopped stays stopped
+
+    def fit(self, batches: Batches, evaluate: Evaluate | None, resume: bool = False,
+            progress: bool = True) -> TrainResult:
         resumed_from = None
         if resume and self.out_dir and (self.out_dir / CHECKPOINT).is_file():
             resumed_from = self.load_checkpoint(self.out_dir / CHECKPOINT)
@@ -249,52 +323,10 @@ class Trainer:
                 (self.out_dir / METRICS_LOG).unlink()  # a fresh run starts a fresh log
         log_file = open(self.out_dir / METRICS_LOG, "a") if self.out_dir else None
         try:
-            while self.epoch < cfg.epochs and not (cfg.max_steps and self.step >= cfg.max_steps) \
-                    and not self._stopped_early():  # a resumed run that had already stopped stays stopped
-                self.model.train()
+            while self._running():
                 t0 = time.time()
-                losses = []
-                bar = tqdm(batches(self.epoch), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
-                           disable=not progress)
-                for inputs, targets in bar:
-                    targets = targets.to(self.device)
-                    with self._autocast():
-                        _, logits = self.model(inputs)
-                        loss = self.loss_fn(logits.float(), targets)  # cross-entropy on the logits
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.scaler.scale(loss).backward()
-                    if cfg.grad_clip:
-                        self.scaler.unscale_(self.optimizer)
-                        nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], cfg.grad_clip)
-                    scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                    if not self.scaler.is_enabled() or self.scaler.get_scale() >= scale:
-                        self.scheduler.step()  # fp16: a step skipped for inf/NaN gradients does not advance the schedule
-                    self.step += 1
-                    if cfg.ema > 0:
-                        self._update_ema()
-                    losses.append(float(loss.item()))
-                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-                    if cfg.max_steps and self.step >= cfg.max_steps:
-                        break
-                self.epoch += 1
-                record = {"epoch": self.epoch, "step": self.step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                          "lr_head": self.optimizer.param_groups[-1]["lr"], "seconds": round(time.time() - t0, 3)}
-                if evaluate is not None:
-                    record.update(self._validate_ema(evaluate) if cfg.ema > 0 and self.ema_state else self.validate(evaluate))
-                    score = -record["val_loss"] if cfg.select == "loss" else record["val_uar"]
-                else:
-                    score = -record["train_loss"]
-                improved = score > self.best_score + 1e-6
-                if improved or self.best_state is None:
-                    self.best_score, self.best_epoch, self.bad_epochs = score, self.epoch, 0
-                    self.best_state = {k: v.detach().cpu().clone() for k, v in self.ema_state.items()} \
-                        if cfg.ema > 0 and self.ema_state else self._trainable_state()
-                else:
-                    self.bad_epochs += 1
-                record["best_epoch"] = self.best_epoch
-                self.history.append(record)
+                losses = self._train_epoch(batches, progress)
+                record = self._end_epoch(losses, time.time() - t0, evaluate)
                 if log_file:
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
@@ -307,7 +339,8 @@ class Trainer:
                 log_file.close()
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        return TrainResult(self.best_epoch, float(self.best_score), self.history, steps=self.step, resumed_from=resumed_from)
+        return TrainResult(self.best_epoch, float(self.best_score), self.history, steps=self.step,
+                           resumed_from=resumed_from)
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 200) -> float:
@@ -319,13 +352,14 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
     log_t = torch.zeros((), requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter)
 
-    def closure():
+    def closure() -> torch.Tensor:
         opt.zero_grad()
         loss = nn.functional.cross_entropy(logits / log_t.exp(), targets)
-        loss.backward()
+        torch.autograd.backward(loss)
         return loss
 
-    opt.step(closure)
+    step: Callable[[Callable[[], torch.Tensor]], object] = opt.step  # LBFGS.step carries no annotations
+    step(closure)
     t = float(log_t.exp().item())
     return t if math.isfinite(t) and 0.05 < t < 20 else 1.0
 
@@ -340,15 +374,17 @@ class _HeadOnly(nn.Module):
         self.head = head
         self.feature_noise = feature_noise
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.training and self.feature_noise > 0:
             x = x + self.feature_noise * torch.randn_like(x)
-        return self.head(x)
+        emb, logits = self.head(x)
+        return emb, logits
 
 
 def train_head(X_train: np.ndarray, y_train: np.ndarray, labels: Sequence[str], config: TrainConfig,
-               X_val: np.ndarray | None = None, y_val: np.ndarray | None = None, corpora: Sequence[str] | None = None,
-               out_dir: str | Path | None = None, resume: bool = False, progress: bool = False):
+               X_val: np.ndarray | None = None, y_val: np.ndarray | None = None, corpora: Iterable[str] | None = None,
+               out_dir: str | Path | None = None, resume: bool = False,
+               progress: bool = False) -> tuple[EmotionHead, TrainResult]:
     """Train an ``EmotionHead`` on normalised features. ``y_*`` are class indices into ``labels``.
 
     Returns ``(head, TrainResult)``; the head is on the CPU in eval mode with its
@@ -372,7 +408,7 @@ def train_head(X_train: np.ndarray, y_train: np.ndarray, labels: Sequence[str], 
     n_classes = len(labels)
     beta = torch.distributions.Beta(config.mixup, config.mixup) if config.mixup > 0 else None
 
-    def batches(epoch: int):
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = torch.as_tensor(list(iter(sampler)), device=device)
         for i in range(0, len(idx), config.batch_size):
             b = idx[i:i + config.batch_size]
@@ -386,16 +422,18 @@ def train_head(X_train: np.ndarray, y_train: np.ndarray, labels: Sequence[str], 
             onehot = nn.functional.one_hot(yt[b], n_classes).float()
             yield lam * Xt[b] + (1.0 - lam) * Xt[b][perm], lam * onehot + (1.0 - lam) * onehot[perm]
 
-    evaluate = None
+    evaluate: Evaluate | None = None
     if X_val is not None and len(X_val):
         Xv = torch.as_tensor(np.asarray(X_val, dtype=np.float32), device=device)
         yv = torch.as_tensor(np.asarray(y_val, dtype=np.int64), device=device)
 
-        def evaluate():
+        def evaluate_head() -> tuple[torch.Tensor, torch.Tensor]:
             return model(Xv)[1], yv
 
+        evaluate = evaluate_head
+
     trainer = Trainer(model, [{"params": list(model.parameters()), "lr": config.head_lr}], config, device, steps,
-                      out_dir=out_dir, sampler=sampler, label_names=labels)
+                      out_dir=out_dir, sampler=sampler)
     result = trainer.fit(batches, evaluate, resume=resume, progress=progress)
     model.eval()
     if config.calibrate_temperature and evaluate is not None:
@@ -406,7 +444,7 @@ def train_head(X_train: np.ndarray, y_train: np.ndarray, labels: Sequence[str], 
     return head.cpu().eval(), result
 
 
-def predict_head(head: nn.Module, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def predict_head(head: EmotionHead, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings, calibrated probabilities) of a head on normalised features."""
     with torch.no_grad():
         emb, logits = head(torch.as_tensor(np.asarray(X, dtype=np.float32)))
@@ -418,11 +456,16 @@ def predict_head(head: nn.Module, X: np.ndarray) -> tuple[np.ndarray, np.ndarray
 # end-to-end wavlm path
 
 
-class WaveDataset(torch.utils.data.Dataset):
+#: ``augmentation(wave, key) -> wave`` (``training.augment.Augmentation``).
+WaveAugmentation = Callable[[np.ndarray, str], np.ndarray]
+
+
+class WaveDataset(torch.utils.data.Dataset[tuple[np.ndarray, int]]):
     """Waveforms of manifest items, loaded lazily (16 kHz mono), optionally cropped and augmented."""
 
     def __init__(self, paths: Sequence[str], targets: Sequence[int], keys: Sequence[str] | None = None,
-                 max_seconds: float | None = None, augmentation=None, train: bool = True, seed: int = 0):
+                 max_seconds: float | None = None, augmentation: WaveAugmentation | None = None, train: bool = True,
+                 seed: int = 0):
         self.paths = list(paths)
         self.targets = list(targets)
         self.keys = list(keys) if keys is not None else self.paths
@@ -435,7 +478,7 @@ class WaveDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
         wave = read_audio(self.paths[i])
         if self.train and self.augmentation is not None:
             wave = self.augmentation(wave, f"{self.keys[i]}#{self.epoch}")
@@ -452,30 +495,40 @@ class WaveDataset(torch.utils.data.Dataset):
 class WaveModel(nn.Module):
     """backbone.forward_padded -> fixed affine normalisation -> head."""
 
-    def __init__(self, backbone, head: nn.Module, mean: np.ndarray | None = None, scale: np.ndarray | None = None):
+    mean: torch.Tensor  # buffers
+    scale: torch.Tensor
+
+    def __init__(self, backbone: WavLMBackbone, head: EmotionHead, mean: np.ndarray | None = None,
+                 scale: np.ndarray | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
         dim = backbone.feature_dim
         self.register_buffer("mean", torch.as_tensor(mean if mean is not None else np.zeros(dim), dtype=torch.float32))
-        self.register_buffer("scale", torch.as_tensor(scale if scale is not None else np.ones(dim), dtype=torch.float32))
+        self.register_buffer("scale", torch.as_tensor(scale if scale is not None else np.ones(dim),
+                                                      dtype=torch.float32))
 
-    def forward(self, inputs):
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         values, lengths = inputs
         feats = self.backbone.forward_padded(values, lengths)
-        return self.head((feats.float() - self.mean) / self.scale)
+        emb, logits = self.head((feats.float() - self.mean) / self.scale)
+        return emb, logits
 
 
-def _collate(backbone):
-    def collate(batch):
-        waves, targets = zip(*batch)
+#: A padded batch of waveforms and its targets: ``((values, lengths), targets)``.
+WaveBatch = tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _collate(backbone: WavLMBackbone) -> Callable[[Sequence[tuple[np.ndarray, int]]], WaveBatch]:
+    def collate(batch: Sequence[tuple[np.ndarray, int]]) -> WaveBatch:
+        waves, targets = zip(*batch, strict=True)
         values, lengths = backbone.prepare(list(waves))
         return (values, lengths), torch.as_tensor(targets, dtype=torch.long)
 
     return collate
 
 
-def frozen_features(backbone, paths: Sequence[str], device: torch.device, batch_size: int = 8,
+def frozen_features(backbone: WavLMBackbone, paths: Sequence[str], device: torch.device, batch_size: int = 8,
                     max_seconds: float | None = None, progress: bool = False) -> np.ndarray:
     """Pooled features of files with the backbone as it is now (no gradients)."""
     from tqdm.auto import tqdm
@@ -490,9 +543,11 @@ def frozen_features(backbone, paths: Sequence[str], device: torch.device, batch_
     return np.concatenate(out) if out else np.zeros((0, backbone.feature_dim), np.float32)
 
 
-def train_wavlm(backbone, train_items, val_items, labels: Sequence[str], config: TrainConfig,
-                normalization: str = "population", out_dir: str | Path | None = None, resume: bool = False,
-                augmentation=None, progress: bool = True):
+def train_wavlm(backbone: WavLMBackbone, train_items: Iterable[Item], val_items: Iterable[Item] | None,
+                labels: Sequence[str], config: TrainConfig, normalization: str = "population",
+                out_dir: str | Path | None = None, resume: bool = False,
+                augmentation: WaveAugmentation | None = None,
+                progress: bool = True) -> tuple[WavLMBackbone, EmotionHead, FeatureNormalizer, TrainResult]:
     """Train backbone layer weights (+ transformer when fine-tuning) and head end to end.
 
     ``train_items`` / ``val_items`` are manifests (or lists of ``Item``).
@@ -532,31 +587,34 @@ def train_wavlm(backbone, train_items, val_items, labels: Sequence[str], config:
     collate = _collate(backbone)
     steps = math.ceil(len(sampler) / config.batch_size)
 
-    def batches(epoch: int):
+    def batches(epoch: int) -> Iterator[WaveBatch]:
         train_ds.epoch = epoch
         loader = torch.utils.data.DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler,
                                              collate_fn=collate, num_workers=config.num_workers)
         for (values, lengths), targets in loader:
             yield (values.to(device), lengths.to(device)), targets
 
-    evaluate = None
+    evaluate: Evaluate | None = None
     if val_items:
         val_ds = WaveDataset([it.path for it in val_items], [index[it.label] for it in val_items],
                              max_seconds=None, train=False)
 
-        def evaluate():
-            loader = torch.utils.data.DataLoader(val_ds, batch_size=config.batch_size, shuffle=False, collate_fn=collate)
+        def evaluate_waves() -> tuple[torch.Tensor, torch.Tensor]:
+            loader = torch.utils.data.DataLoader(val_ds, batch_size=config.batch_size, shuffle=False,
+                                                 collate_fn=collate)
             logits, targets = [], []
             for (values, lengths), t in loader:
                 logits.append(model((values.to(device), lengths.to(device)))[1].float())
                 targets.append(t.to(device))
             return torch.cat(logits), torch.cat(targets)
 
+        evaluate = evaluate_waves
+
     encoder_params = [p for n, p in backbone.named_parameters() if p.requires_grad and n != "layer_logits"]
     groups = [{"params": [backbone.layer_logits] + list(head.parameters()), "lr": config.head_lr}]
     if encoder_params:
         groups.insert(0, {"params": encoder_params, "lr": config.encoder_lr})
-    trainer = Trainer(model, groups, config, device, steps, out_dir=out_dir, sampler=sampler, label_names=labels)
+    trainer = Trainer(model, groups, config, device, steps, out_dir=out_dir, sampler=sampler)
     result = trainer.fit(batches, evaluate, resume=resume, progress=progress)
     model.eval()
     if config.calibrate_temperature and evaluate is not None:

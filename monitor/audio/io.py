@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
-from monitor.model.base import SAMPLE_RATE
+from monitor.model.audio_format import SAMPLE_RATE
 
 
 class AudioInputError(RuntimeError):
@@ -47,7 +47,8 @@ def sanitize(block: np.ndarray, stats: AudioStats | None = None) -> np.ndarray:
     return block
 
 
-def _open(path: Path):
+def _open(path: Path) -> Any:
+    """An open ``soundfile.SoundFile`` (soundfile ships no type information)."""
     import soundfile as sf
 
     if not path.exists():
@@ -69,7 +70,8 @@ def _open(path: Path):
     return handle
 
 
-def iter_audio_blocks(path: str | Path, block_seconds: float = 1.0, stats: AudioStats | None = None) -> Iterator[np.ndarray]:
+def iter_audio_blocks(path: str | Path, block_seconds: float = 1.0,
+                      stats: AudioStats | None = None) -> Iterator[np.ndarray]:
     """Stream a file as 16 kHz mono float32 blocks, resampling on the fly.
 
     A truncated file yields what could be read, then raises ``AudioInputError``.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from monitor.model.base import SAMPLE_RATE
+from monitor.model.audio_format import SAMPLE_RATE
 from monitor.audio.frames import AudioFrame, Segment
 from monitor.audio.sources import FileSource, FrameChunker
 
@@ -66,8 +66,10 @@ class VadSegmenter:
 
         self.config = config or VadConfig()
         self._vad = webrtcvad.Vad(self.config.aggressiveness)
-        self._start_window: deque[tuple[AudioFrame, bool]] = deque(maxlen=max(self.config.start_padding_ms // self.config.frame_ms, 1))
-        self._end_window: deque[bool] = deque(maxlen=max(self.config.end_padding_ms // self.config.frame_ms, 1))
+        self._start_frames = max(self.config.start_padding_ms // self.config.frame_ms, 1)
+        self._end_frames = max(self.config.end_padding_ms // self.config.frame_ms, 1)
+        self._start_window: deque[tuple[AudioFrame, bool]] = deque(maxlen=self._start_frames)
+        self._end_window: deque[bool] = deque(maxlen=self._end_frames)
         self._current: list[AudioFrame] = []
         self._in_speech = False
         self._expected_t: float | None = None
@@ -82,7 +84,7 @@ class VadSegmenter:
     def is_speech(self, frame: AudioFrame) -> bool:
         if len(frame.samples) != self.config.frame_samples:
             raise ValueError(f"VAD needs {self.config.frame_samples}-sample frames, got {len(frame.samples)}")
-        return self._vad.is_speech(np.ascontiguousarray(frame.samples, dtype=np.int16).tobytes(), SAMPLE_RATE)
+        return bool(self._vad.is_speech(np.ascontiguousarray(frame.samples, dtype=np.int16).tobytes(), SAMPLE_RATE))
 
     def push(self, frame: AudioFrame) -> list[Segment]:
         out: list[Segment] = []
@@ -93,7 +95,7 @@ class VadSegmenter:
         if not self._in_speech:
             self._start_window.append((frame, voiced))
             voiced_count = sum(v for _, v in self._start_window)
-            if voiced_count >= self.config.trigger_ratio * self._start_window.maxlen:
+            if voiced_count >= self.config.trigger_ratio * self._start_frames:
                 self._in_speech = True
                 self._current = [f for f, _ in self._start_window]
                 self._start_window.clear()
@@ -104,7 +106,7 @@ class VadSegmenter:
         self._current.append(frame)
         self._end_window.append(voiced)
         unvoiced = len(self._end_window) - sum(self._end_window)
-        if len(self._end_window) == self._end_window.maxlen and unvoiced >= self.config.trigger_ratio * self._end_window.maxlen:
+        if len(self._end_window) == self._end_frames and unvoiced >= self.config.trigger_ratio * self._end_frames:
             out += self._emit()
             self._in_speech = False
             self._end_window.clear()
@@ -126,7 +128,8 @@ class VadSegmenter:
             self.discarded_short += 1
             return []
         audio = np.concatenate([f.samples for f in frames]).astype(np.float32) / 32768.0
-        segment = Segment(index=self._next_index, t_start=t_start, t_end=t_end, audio=audio, closed_at=time.monotonic())
+        segment = Segment(index=self._next_index, t_start=t_start, t_end=t_end, audio=audio,
+                          closed_at=time.monotonic())
         self._next_index += 1
         self.speech_seconds += t_end - t_start
         return [segment]

@@ -12,12 +12,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from types import ModuleType
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from monitor.audio.io import AudioInputError, AudioStats, iter_audio_blocks, sanitize, to_int16
-from monitor.model.base import SAMPLE_RATE
+from monitor.model.audio_format import SAMPLE_RATE
 from monitor.audio.frames import AudioFrame
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,10 @@ class FrameChunker:
         self._t = t
 
     def push(self, block: np.ndarray) -> Iterator[AudioFrame]:
-        self._buffer = np.concatenate([self._buffer, block]) if len(self._buffer) else np.asarray(block, dtype=np.float32)
+        if len(self._buffer):
+            self._buffer = np.concatenate([self._buffer, block])
+        else:
+            self._buffer = np.asarray(block, dtype=np.float32)
         n = self.frame_samples
         while len(self._buffer) >= n:
             yield AudioFrame(samples=to_int16(self._buffer[:n]), t_start=self._t)
@@ -145,7 +149,8 @@ class MicrophoneSource(AudioSource):
                 "or replay a recording with --input FILE"
             ) from exc
         if int(info.get("max_input_channels", 0)) < 1:
-            raise AudioInputError(f"device {info.get('name', device)!r} has no input channels; choose another with --device")
+            raise AudioInputError(
+                f"device {info.get('name', device)!r} has no input channels; choose another with --device")
         self.device_name = str(info.get("name", device))
         self.description = f"mic:{self.device_name}"
         self.channels = 1
@@ -153,9 +158,8 @@ class MicrophoneSource(AudioSource):
         self.block_samples = max(int(self.rate * frame_ms / 1000), 1)
         self._queue: queue.Queue[_Block] = queue.Queue(maxsize=max(int(queue_seconds * 1000 / frame_ms), 4))
         self._captured = 0  # samples delivered by the callback, including dropped ones
-        self.status_flags = 0
 
-    def _supported_rate(self, info) -> int:
+    def _supported_rate(self, info: Mapping[str, Any]) -> int:
         """16 kHz when the device takes it, else its default rate (resampled later)."""
         try:
             self._sd.check_input_settings(device=self.device, channels=1, dtype="float32", samplerate=SAMPLE_RATE)
@@ -167,9 +171,8 @@ class MicrophoneSource(AudioSource):
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
-    def _callback(self, indata, frames, time_info, status) -> None:  # PortAudio's thread
-        if status:
-            self.status_flags += 1
+    def _callback(self, indata: np.ndarray, frames: int, time_info: object, status: object) -> None:
+        """PortAudio's thread: copy the block into the queue, or count it as dropped."""
         block = _Block(np.array(indata[:, 0], dtype=np.float32, copy=True), self._captured)
         self._captured += frames
         try:
@@ -182,7 +185,8 @@ class MicrophoneSource(AudioSource):
 
         sd = self._sd
         chunker = FrameChunker(self.frame_samples)
-        resampler = None if self.rate == SAMPLE_RATE else soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32")
+        resampler = (None if self.rate == SAMPLE_RATE
+                     else soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32"))
         expected = 0
         try:
             stream = sd.InputStream(device=self.device, channels=self.channels, samplerate=self.rate,
@@ -201,7 +205,7 @@ class MicrophoneSource(AudioSource):
                         raise AudioInputError(
                             f"the microphone {self.device_name!r} stopped delivering audio (unplugged?); "
                             "the session so far is kept"
-                        )
+                        ) from None
                     continue
                 last_audio = time.monotonic()
                 if block.start_sample != expected:  # blocks were dropped: continue at the true time
@@ -218,7 +222,7 @@ class MicrophoneSource(AudioSource):
             stream.close()
 
 
-def import_sounddevice():
+def import_sounddevice() -> ModuleType:
     """Import sounddevice lazily, turning a missing PortAudio into a message that says what to install."""
     try:
         import sounddevice as sd
@@ -226,7 +230,8 @@ def import_sounddevice():
         raise AudioInputError(f"{PORTAUDIO_HINT} ({exc})") from exc
     except ImportError as exc:
         raise AudioInputError(f"the sounddevice package is not installed ({exc}); pip install sounddevice") from exc
-    return sd
+    module: ModuleType = sd  # sounddevice ships no type information
+    return module
 
 
 def list_devices() -> str:

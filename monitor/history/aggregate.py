@@ -21,9 +21,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, time as dtime, timedelta, timezone, tzinfo
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats
 from scipy.ndimage import gaussian_filter
 
@@ -59,7 +60,7 @@ class AggregateConfig:
 
 
 # ---- pure functions on arrays -----------------------------------------------------------
-def point_weights(duration, confidence, use_confidence: bool = True) -> np.ndarray:
+def point_weights(duration: ArrayLike, confidence: ArrayLike, use_confidence: bool = True) -> np.ndarray:
     """Duration x confidence (negative values count as 0), as in ``RollingHeatmap.add``."""
     w = np.maximum(np.asarray(duration, dtype=np.float64), 0.0)
     if use_confidence:
@@ -67,15 +68,15 @@ def point_weights(duration, confidence, use_confidence: bool = True) -> np.ndarr
     return w
 
 
-def cells(valence, arousal, bins: int) -> tuple[np.ndarray, np.ndarray]:
+def cells(valence: ArrayLike, arousal: ArrayLike, bins: int) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised ``monitor.live.heatmap.cell_of``: (rows = arousal, cols = valence), outside values to the border."""
-    def index(x):
+    def index(x: ArrayLike) -> np.ndarray:
         return np.clip(np.floor((np.asarray(x, dtype=np.float64) + 1.0) / 2.0 * bins), 0, bins - 1).astype(np.int64)
 
     return index(arousal), index(valence)
 
 
-def weight_grid(valence, arousal, weights, bins: int) -> np.ndarray:
+def weight_grid(valence: ArrayLike, arousal: ArrayLike, weights: ArrayLike, bins: int) -> np.ndarray:
     """Summed weight per cell, unsmoothed; ``grid[row=arousal bottom-up, col=valence]``."""
     grid = np.zeros((bins, bins), dtype=np.float64)
     rows, cols = cells(valence, arousal, bins)
@@ -83,7 +84,8 @@ def weight_grid(valence, arousal, weights, bins: int) -> np.ndarray:
     return grid
 
 
-def heatmap_grid(valence, arousal, weights, bins: int = 24, smoothing_sigma: float = 1.0) -> np.ndarray:
+def heatmap_grid(valence: ArrayLike, arousal: ArrayLike, weights: ArrayLike, bins: int = 24,
+                 smoothing_sigma: float = 1.0) -> np.ndarray:
     """Share of the weight per cell (sums to 1; zeros when empty), blurred like the live map."""
     grid = weight_grid(valence, arousal, weights, bins)
     total = float(grid.sum())
@@ -96,7 +98,8 @@ def heatmap_grid(valence, arousal, weights, bins: int = 24, smoothing_sigma: flo
     return grid
 
 
-def weighted_mean_ci(x, w, level: float = 0.95, bounds: tuple[float, float] | None = None) -> dict[str, Any]:
+def weighted_mean_ci(x: ArrayLike, w: ArrayLike, level: float = 0.95,
+                     bounds: tuple[float, float] | None = None) -> dict[str, Any]:
     """Weighted mean with a t interval; ``{"mean": m, "ci95": [lo, hi]}`` (None where undefined).
 
     Uses reliability weights: s^2 = sum w (x - m)^2 / (V1 - V2 / V1), SE^2 = s^2 V2 / V1^2,
@@ -124,17 +127,17 @@ def weighted_mean_ci(x, w, level: float = 0.95, bounds: tuple[float, float] | No
     return {"mean": mean, "ci95": [lo, hi]}
 
 
-def dispersion(valence, arousal, w) -> float | None:
+def dispersion(valence: ArrayLike, arousal: ArrayLike, w: ArrayLike) -> float | None:
     """Weighted RMS distance from the weighted centroid: how widely the tone ranges."""
-    v, a, w = (np.asarray(z, dtype=np.float64) for z in (valence, arousal, w))
-    total = float(w.sum())
+    v, a, wt = (np.asarray(z, dtype=np.float64) for z in (valence, arousal, w))
+    total = float(wt.sum())
     if total <= 0:
         return None
-    mv, ma = np.dot(w, v) / total, np.dot(w, a) / total
-    return float(math.sqrt(np.dot(w, (v - mv) ** 2 + (a - ma) ** 2) / total))
+    mv, ma = np.dot(wt, v) / total, np.dot(wt, a) / total
+    return float(math.sqrt(np.dot(wt, (v - mv) ** 2 + (a - ma) ** 2) / total))
 
 
-def grid_entropy(valence, arousal, w, bins: int = 8) -> float | None:
+def grid_entropy(valence: ArrayLike, arousal: ArrayLike, w: ArrayLike, bins: int = 8) -> float | None:
     """Shannon entropy of the weight over a ``bins`` x ``bins`` grid, divided by its maximum log(bins^2).
 
     0: all speech in one cell; 1: spread evenly over the whole circumplex square.
@@ -147,16 +150,18 @@ def grid_entropy(valence, arousal, w, bins: int = 8) -> float | None:
     return float(-np.sum(p * np.log(p)) / math.log(bins * bins))
 
 
-def quadrant_shares(valence, arousal, w, neutral_radius: float = NEUTRAL_RADIUS) -> dict[str, float] | None:
+def quadrant_shares(valence: ArrayLike, arousal: ArrayLike, w: ArrayLike,
+                    neutral_radius: float = NEUTRAL_RADIUS) -> dict[str, float] | None:
     """Share of the weight in each quadrant (``calibration.quadrants``: one rule for live, history and reports)."""
-    w = np.asarray(w, dtype=np.float64)
-    total = float(w.sum())
+    wt = np.asarray(w, dtype=np.float64)
+    total = float(wt.sum())
     if total <= 0:
         return None
-    return {name: float(w[m].sum() / total) for name, m in quadrant_masks(valence, arousal, neutral_radius).items()}
+    return {name: float(wt[m].sum() / total) for name, m in quadrant_masks(valence, arousal, neutral_radius).items()}
 
 
-def period_metrics(valence, arousal, duration, confidence, config: AggregateConfig | None = None) -> dict[str, Any]:
+def period_metrics(valence: ArrayLike, arousal: ArrayLike, duration: ArrayLike, confidence: ArrayLike,
+                   config: AggregateConfig | None = None) -> dict[str, Any]:
     """The tone metrics of one period's points (all None but the counts when it holds none)."""
     cfg = config or AggregateConfig()
     v, a = np.asarray(valence, dtype=np.float64), np.asarray(arousal, dtype=np.float64)
@@ -229,13 +234,71 @@ def iso_week(d: date) -> str:
 
 
 # ---- history ------------------------------------------------------------------------------
-def _period(table: "PointTable", mask: np.ndarray, cfg: AggregateConfig) -> dict[str, Any]:
-    return summarize(table.select(mask), cfg)
+def group_positions(keys: ArrayLike, n_groups: int) -> list[np.ndarray]:
+    """Positions of the items whose key is 0, 1, ..., ``n_groups - 1``, each group in the items' order.
+
+    Keys outside that range belong to no group. Why: one stable sort groups all
+    points at once, where a mask per period cost periods x points; the order
+    within a group is the items' own, so sums come out bit for bit as before.
+    """
+    k = np.asarray(keys, dtype=np.int64).reshape(-1)
+    order = np.argsort(k, kind="stable")
+    bounds = np.searchsorted(k[order], np.arange(n_groups + 1), side="left")
+    return [order[bounds[g]:bounds[g + 1]] for g in range(n_groups)]
 
 
-def build_history(store: "Store", patient_id: str, start: date, end: date, *, tz: str | tzinfo | None = None,
-                  config: AggregateConfig | None = None, weeks: bool = False, session_detail: bool = False,
-                  overall: bool = False) -> dict[str, Any]:
+def session_codes(point_sessions: np.ndarray, session_ids: Sequence[str]) -> np.ndarray:
+    """Each point's position in ``session_ids``: one lookup per run of equal ids (the store returns them grouped)."""
+    n = len(point_sessions)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.concatenate(([True], point_sessions[1:] != point_sessions[:-1])))
+    position = {sid: i for i, sid in enumerate(session_ids)}
+    run_codes = np.asarray([position[sid] for sid in point_sessions[starts]], dtype=np.int64)
+    return np.repeat(run_codes, np.diff(np.append(starts, n)))
+
+
+def _session_row(s: "SessionRow", sub: "PointTable", day: date, zone: tzinfo | None, cfg: AggregateConfig,
+                 detail: bool) -> dict[str, Any]:
+    w = point_weights(sub.duration, sub.confidence, cfg.use_confidence)
+    total = float(w.sum())
+    row: dict[str, Any] = {
+        "session_id": s.session_id,
+        "started_at": iso(s.started_at, zone),
+        "ended_at": iso(s.ended_at, zone),
+        "points": int(len(sub)),
+        "speech_seconds": float(sub.duration.sum()),
+        "mean_valence": float(np.dot(w, sub.valence) / total) if total > 0 else None,
+        "mean_arousal": float(np.dot(w, sub.arousal) / total) if total > 0 else None,
+        "date": day.isoformat(),
+        "end_state": s.end_state,
+        "model_id": s.model_id,
+        "marks": s.marks,
+    }
+    if detail:
+        row.update(summarize(sub, cfg))
+    return row
+
+
+def _week_rows(table: "PointTable", point_day: np.ndarray, start: date, end: date,
+               cfg: AggregateConfig) -> list[dict[str, Any]]:
+    """ISO weeks (Monday first) overlapping start..end, each cut to the range; ``point_day`` counts from ``start``."""
+    first_monday = start - timedelta(days=start.weekday())
+    n_weeks = (end - first_monday).days // 7 + 1
+    in_range = (point_day >= 0) & (point_day <= (end - start).days)
+    point_week = np.where(in_range, (point_day + start.weekday()) // 7, -1)
+    rows = []
+    for k, which in enumerate(group_positions(point_week, n_weeks)):
+        monday = first_monday + timedelta(days=7 * k)
+        lo, hi = max(monday, start), min(monday + timedelta(days=6), end)
+        rows.append({"week": iso_week(monday), "start": lo.isoformat(), "end": hi.isoformat(),
+                     **summarize(table.select(which), cfg)})
+    return rows
+
+
+def build_history(store: "Store", patient_id: str | None, start: date, end: date, *,
+                  tz: str | tzinfo | None = None, config: AggregateConfig | None = None, weeks: bool = False,
+                  session_detail: bool = False, overall: bool = False) -> dict[str, Any]:
     """Everything about a patient's days ``start``..``end`` (inclusive) as plain JSON values.
 
     ``patient_id=None`` summarises the sessions recorded without a patient.
@@ -248,19 +311,18 @@ def build_history(store: "Store", patient_id: str, start: date, end: date, *, tz
     zone = resolve_tz(tz) if (tz is None or isinstance(tz, str)) else tz
     if end < start:
         raise ValueError(f"the period ends ({end}) before it starts ({start})")
-    sessions: list[SessionRow] = store.sessions(patient_id, unassigned=patient_id is None, start=day_start(start, zone),
-                                                end=day_start(end + timedelta(days=1), zone))
-    table = store.points([s.session_id for s in sessions])
-    session_day = {s.session_id: local_date(s.started_at, zone) for s in sessions}
-    point_day = np.asarray([session_day[sid] for sid in table.session], dtype=object)
+    sessions = store.sessions(patient_id, unassigned=patient_id is None, start=day_start(start, zone),
+                              end=day_start(end + timedelta(days=1), zone))
+    ids = [s.session_id for s in sessions]
+    table = store.points(ids)
+    session_date = [local_date(s.started_at, zone) for s in sessions]
+    # Each point's day (counted from ``start``) is its session's: computed per session, then spread to the points.
+    point_session = session_codes(table.session, ids)
+    point_day = np.asarray([(d - start).days for d in session_date], dtype=np.int64)[point_session]
 
-    days = []
     n_days = (end - start).days + 1
-    for i in range(n_days):
-        d = start + timedelta(days=i)
-        entry = {"date": d.isoformat(), **_period(table, point_day == d, cfg)}
-        days.append(entry)
-
+    days = [{"date": (start + timedelta(days=i)).isoformat(), **summarize(table.select(which), cfg)}
+            for i, which in enumerate(group_positions(point_day, n_days))]
     out: dict[str, Any] = {
         "patient": patient_id,
         "from": start.isoformat(),
@@ -269,74 +331,48 @@ def build_history(store: "Store", patient_id: str, start: date, end: date, *, tz
         "units": "heat map cells: share of the period's speech (duration x confidence), smoothed; "
                  "valence/arousal in [-1, 1]",
         "days": days,
-        "sessions": [],
+        "sessions": [_session_row(s, table.select(which), session_date[k], zone, cfg, session_detail)
+                     for k, (s, which) in enumerate(zip(sessions, group_positions(point_session, len(sessions)),
+                                                        strict=True))],
         "scale_max": max((e["heatmap"]["max"] for e in days), default=0.0),
     }
-    for s in sessions:
-        mask = table.session == s.session_id
-        sub = table.select(mask)
-        w = point_weights(sub.duration, sub.confidence, cfg.use_confidence)
-        total = float(w.sum())
-        row = {
-            "session_id": s.session_id,
-            "started_at": iso(s.started_at, zone),
-            "ended_at": iso(s.ended_at, zone),
-            "points": int(len(sub)),
-            "speech_seconds": float(sub.duration.sum()),
-            "mean_valence": float(np.dot(w, sub.valence) / total) if total > 0 else None,
-            "mean_arousal": float(np.dot(w, sub.arousal) / total) if total > 0 else None,
-            "date": session_day[s.session_id].isoformat(),
-            "end_state": s.end_state,
-            "model_id": s.model_id,
-            "marks": s.marks,
-        }
-        if session_detail:
-            row.update(summarize(sub, cfg))
-        out["sessions"].append(row)
     if weeks:
-        week_rows = []
-        first_monday = start - timedelta(days=start.weekday())
-        monday = first_monday
-        while monday <= end:
-            lo, hi = max(monday, start), min(monday + timedelta(days=6), end)
-            mask = np.asarray([lo <= d <= hi for d in point_day], dtype=bool)
-            week_rows.append({"week": iso_week(monday), "start": lo.isoformat(), "end": hi.isoformat(),
-                              **_period(table, mask, cfg)})
-            monday += timedelta(days=7)
-        out["weeks"] = week_rows
-        out["weeks_scale_max"] = max((e["heatmap"]["max"] for e in week_rows), default=0.0)
+        out["weeks"] = _week_rows(table, point_day, start, end, cfg)
+        out["weeks_scale_max"] = max((e["heatmap"]["max"] for e in out["weeks"]), default=0.0)
     if overall:
         out["overall"] = summarize(table, cfg)["metrics"]
     out["config"] = cfg.to_dict()
-    return to_jsonable(out, digits=6)
+    return cast("dict[str, Any]", to_jsonable(out, digits=6))
 
 
 def session_summary(store: "Store", session_id: str, config: AggregateConfig | None = None) -> dict[str, Any]:
     """One session's heat map and metrics (same JSON conventions as the days of ``history_json``)."""
     if store.session(session_id) is None:
         raise KeyError(f"no session {session_id!r}")
-    return to_jsonable({"session_id": session_id, **summarize(store.points([session_id]), config)}, digits=6)
+    summary = {"session_id": session_id, **summarize(store.points([session_id]), config)}
+    return cast("dict[str, Any]", to_jsonable(summary, digits=6))
+
+
+def _as_date(x: date | str | None) -> date | None:
+    return date.fromisoformat(x) if isinstance(x, str) else x
 
 
 def period_bounds(days: int | None = 14, start: date | str | None = None, end: date | str | None = None,
                   tz: tzinfo | None = None) -> tuple[date, date]:
     """Resolve --days / --from / --to into inclusive dates; the default is the last ``days`` days up to today."""
-    def parse(x):
-        return date.fromisoformat(x) if isinstance(x, str) else x
-
-    start, end = parse(start), parse(end)
-    if end is None:
-        end = today(tz) if start is None or days is None else start + timedelta(days=days - 1)
-    if start is None:
+    first, last = _as_date(start), _as_date(end)
+    if last is None:
+        last = today(tz) if first is None or days is None else first + timedelta(days=days - 1)
+    if first is None:
         if days is None or days < 1:
             raise ValueError("--days must be at least 1")
-        start = end - timedelta(days=days - 1)
-    if end < start:
-        raise ValueError(f"the period ends ({end}) before it starts ({start})")
-    return start, end
+        first = last - timedelta(days=days - 1)
+    if last < first:
+        raise ValueError(f"the period ends ({last}) before it starts ({first})")
+    return first, last
 
 
-def history_json(store: "Store", patient_id: str, days: int = 14, *, end: date | str | None = None,
+def history_json(store: "Store", patient_id: str | None, days: int = 14, *, end: date | str | None = None,
                  tz: str | None = None, config: AggregateConfig | None = None) -> dict[str, Any]:
     """The dashboard's history: the last ``days`` calendar days up to today (or ``end``), day by day.
 

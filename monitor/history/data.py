@@ -1,4 +1,4 @@
-"""``python -m monitor.history.data``: look after the stored sessions (list, export, assign, delete, check)."""
+"""``mood-monitor data``: look after the stored sessions (list, export, assign, delete, check)."""
 
 from __future__ import annotations
 
@@ -21,14 +21,14 @@ Patients are pseudonymous ids (whatever was passed to --patient). Sessions
 recorded without --patient are "unassigned" until `assign` gives them to one.
 
 examples:
-  python -m monitor.history.data patients
-  python -m monitor.history.data sessions --patient P017
-  python -m monitor.history.data sessions --unassigned
-  python -m monitor.history.data assign --session 20240301T101500Z-3fa2c1 --patient P017
-  python -m monitor.history.data export --patient P017 --out p017/          # CSV files in a folder
-  python -m monitor.history.data export --patient P017 --out p017.json      # one JSON document
-  python -m monitor.history.data delete --patient P017 --yes                # everything about P017, no undo
-  python -m monitor.history.data --db /elsewhere/mood.sqlite check
+  mood-monitor data patients
+  mood-monitor data sessions --patient P017
+  mood-monitor data sessions --unassigned
+  mood-monitor data assign --session 20240301T101500Z-3fa2c1 --patient P017
+  mood-monitor data export --patient P017 --out p017/          # CSV files in a folder
+  mood-monitor data export --patient P017 --out p017.json      # one JSON document
+  mood-monitor data delete --patient P017 --yes                # everything about P017, no undo
+  mood-monitor data --db /elsewhere/mood.sqlite check
 """
 
 
@@ -37,13 +37,13 @@ def _when(ts: float | None) -> str:
 
 
 def _print_table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     for row in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
 
 
 # ---- commands -----------------------------------------------------------------------------
-def cmd_patients(store: Store, args) -> int:
+def cmd_patients(store: Store, args: argparse.Namespace) -> int:
     patients = store.patients()
     if args.json:
         print(json.dumps([p.to_dict() for p in patients], indent=1))
@@ -57,7 +57,7 @@ def cmd_patients(store: Store, args) -> int:
     return 0
 
 
-def cmd_sessions(store: Store, args) -> int:
+def cmd_sessions(store: Store, args: argparse.Namespace) -> int:
     rows = store.sessions(args.patient, unassigned=args.unassigned)
     if args.json:
         print(json.dumps([r.to_dict() for r in rows], indent=1))
@@ -98,8 +98,10 @@ def patient_export(store: Store, patient_id: str | None) -> dict[str, Any]:
 def write_csv_export(data: dict[str, Any], folder: Path) -> list[Path]:
     """sessions.csv, points.csv, marks.csv, baselines.csv in ``folder`` (times as unix seconds and ISO)."""
     folder.mkdir(parents=True, exist_ok=True)
-    iso = lambda ts: "" if ts is None else datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")  # noqa: E731
-    files = []
+    files: list[Path] = []
+
+    def iso(ts: float | None) -> str:
+        return "" if ts is None else datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
 
     def write(name: str, header: list[str], rows: list[list[Any]]) -> None:
         path = folder / name
@@ -131,11 +133,11 @@ def write_csv_export(data: dict[str, Any], folder: Path) -> list[Path]:
     return files
 
 
-def cmd_export(store: Store, args) -> int:
+def cmd_export(store: Store, args: argparse.Namespace) -> int:
     if args.patient is None and not args.unassigned:
         print("error: give --patient ID or --unassigned", file=sys.stderr)
         return 2
-    if args.patient is not None and not any(p.patient_id == args.patient for p in store.patients()):
+    if args.patient is not None and not store.has_patient(args.patient):
         print(f"error: no patient {args.patient!r} in {store.path}", file=sys.stderr)
         return 2
     data = patient_export(store, args.patient)
@@ -153,7 +155,7 @@ def cmd_export(store: Store, args) -> int:
     return 0
 
 
-def cmd_assign(store: Store, args) -> int:
+def cmd_assign(store: Store, args: argparse.Namespace) -> int:
     try:
         store.assign_session(args.session, args.patient)
     except KeyError as exc:
@@ -163,7 +165,7 @@ def cmd_assign(store: Store, args) -> int:
     return 0
 
 
-def cmd_delete(store: Store, args) -> int:
+def cmd_delete(store: Store, args: argparse.Namespace) -> int:
     if args.patient is None and not args.session:
         print("error: give --patient ID or --session ID", file=sys.stderr)
         return 2
@@ -193,7 +195,7 @@ def cmd_delete(store: Store, args) -> int:
     return 0
 
 
-def cmd_check(store: Store, args) -> int:
+def cmd_check(store: Store, args: argparse.Namespace) -> int:
     result = store.integrity_check()
     print(f"store {store.path}: schema version {store.schema_version()}, integrity {result}")
     for sid in store.recovered_sessions:
@@ -203,10 +205,11 @@ def cmd_check(store: Store, args) -> int:
 
 # ---- command line -------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m monitor.history.data", description=DESCRIPTION,
+    p = argparse.ArgumentParser(prog="mood-monitor data", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--db", metavar="PATH", help="SQLite file (default: DATA_DIR/mood-monitor.sqlite)")
-    p.add_argument("--data-dir", metavar="DIR", help="data folder (default: $MOOD_MONITOR_DATA_DIR or ~/.local/share/mood-monitor)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="data folder (default: $MOOD_MONITOR_DATA_DIR or ~/.local/share/mood-monitor)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("patients", help="list patients with their session and point counts")
@@ -262,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     with store:
-        return args.func(store, args)
+        return int(args.func(store, args))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -56,12 +57,26 @@ class HeatmapSnapshot:
 
     @property
     def bins(self) -> int:
-        return self.grid.shape[0]
+        return int(self.grid.shape[0])
 
-    def normalized(self) -> np.ndarray:
-        """The grid scaled to a maximum of 1 (all zeros when empty)."""
-        peak = float(self.grid.max()) if self.grid.size else 0.0
-        return self.grid / peak if peak > 0 else np.zeros_like(self.grid)
+
+class PlacedPoint(Protocol):
+    """What the heat map reads of a point (``monitor.live.events.Point``, which imports this module)."""
+
+    @property
+    def valence(self) -> float: ...
+
+    @property
+    def arousal(self) -> float: ...
+
+    @property
+    def t_end(self) -> float: ...
+
+    @property
+    def duration(self) -> float: ...
+
+    @property
+    def confidence(self) -> float: ...
 
 
 def cell_of(valence: float, arousal: float, bins: int) -> tuple[int, int]:
@@ -122,7 +137,7 @@ class RollingHeatmap:
             if self.config.mode == "window":
                 self._expire_to(t)
 
-    def add_point(self, point) -> None:
+    def add_point(self, point: PlacedPoint) -> None:
         """Add a ``monitor.live.events.Point``."""
         self.add(point.valence, point.arousal, point.t_end, point.duration, point.confidence)
 
@@ -140,9 +155,3 @@ class RollingHeatmap:
             grid = gaussian_filter(grid, sigma=self.config.smoothing_sigma, mode="constant")
             grid *= total / max(float(grid.sum()), 1e-12)  # keep the total weight through the blur
         return HeatmapSnapshot(t=t_now, grid=grid, total_weight=total, points=points)
-
-    def reset(self) -> None:
-        with self._lock:
-            self._grid[:] = 0.0
-            self._window.clear()
-            self._points = 0

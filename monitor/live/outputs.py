@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from monitor.live.events import Mark, Point, SessionInfo, Status
+from monitor.live.heatmap import RollingHeatmap
 
 
 class JsonlSink:
@@ -21,14 +22,14 @@ class JsonlSink:
         self._file: IO[str] | None = None
         self.session_id = ""
 
-    def _write(self, record: dict) -> None:
+    def _write(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, separators=(",", ":")) + "\n"
         if self._file is None:  # closed: the pipeline accepts nothing after closing its outputs
             return
         self._file.write(line)
         self._file.flush()
 
-    def start(self, session: SessionInfo, heatmap) -> None:
+    def start(self, session: SessionInfo, heatmap: RollingHeatmap) -> None:
         if self.path == "-":
             self._file = sys.stdout
         else:

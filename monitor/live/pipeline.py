@@ -1,7 +1,7 @@
 """The whole data path in one place.
 
-    source ──frames──▶ segmenter ──segments──▶ worker ──embeddings──▶ projector ──points──▶ heat map
-    (mic / file)       (VAD thread)            (model thread)         (dispatch: this thread)   └──▶ sinks: JSONL, dashboard, store
+    source ─frames─▶ segmenter ─segments─▶ worker ─embeddings─▶ projector ─points─┬─▶ heat map
+    (mic / file)     (VAD thread)          (model thread)       (this thread)     └─▶ sinks: JSONL, dashboard, store
 
 Threads talk only through bounded queues. When the model falls behind, the
 segmenter blocks on the worker's queue; a replayed file then slows down, and a
@@ -19,18 +19,21 @@ import time
 import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from monitor.model.base import SAMPLE_RATE
-from monitor.live.events import Mark, PointSink, SessionInfo, Status
+from monitor.model.audio_format import SAMPLE_RATE
+from monitor.live.events import Embedded, Mark, PointSink, SessionInfo, Status
 from monitor.audio.frames import Segment
 from monitor.live.heatmap import HeatmapConfig, RollingHeatmap
 from monitor.live.projection import Projector
 from monitor.audio.segmenter import VadConfig, VadSegmenter
 from monitor.audio.sources import AudioSource
-from monitor.live.worker import EmbeddingWorker, WorkerConfig
+from monitor.live.worker import EmbeddingModel, EmbeddingWorker, WorkerConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from calibration.speaker import SpeakerBaseline
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +98,9 @@ class SessionSummary:
 class MonitorPipeline:
     """Wires a source, a model and outputs into a running session."""
 
-    def __init__(self, source: AudioSource, model, projector: Projector, sinks: Sequence[PointSink] = (),
-                 config: MonitorConfig | None = None, session: SessionInfo | None = None, baseline=None):
+    def __init__(self, source: AudioSource, model: EmbeddingModel, projector: Projector,
+                 sinks: Sequence[PointSink] = (), config: MonitorConfig | None = None,
+                 session: SessionInfo | None = None, baseline: SpeakerBaseline | None = None):
         self.config = config or MonitorConfig()
         self.source = source
         self.segmenter = VadSegmenter(self.config.vad)
@@ -119,8 +123,19 @@ class MonitorPipeline:
         self._segments = 0
         self._points = 0
         self._audio_seconds = 0.0
-        self._sink_errors = 0
         self.error: str | None = None
+
+    def add_sink(self, sink: PointSink, first: bool = False) -> None:
+        """Add an output before ``run()``, for one built after the pipeline (the dashboard takes it as its controls).
+
+        ``first``: started before the others, so that if it cannot start (a busy port) nothing was recorded yet.
+        """
+        if first:
+            self.sinks.insert(0, sink)
+        else:
+            self.sinks.append(sink)
+        if callable(getattr(sink, "segment_audio", None)):
+            self._audio_sinks.append(sink)
 
     # ---- control (safe from any thread: the dashboard calls these) -----------------------
     def stop(self) -> None:
@@ -173,12 +188,12 @@ class MonitorPipeline:
                     self._submit(segment)
             self.worker.close()
 
-    def _submit(self, segment) -> None:
+    def _submit(self, segment: Segment) -> None:
         self._segments += 1
         self.worker.submit(segment)
 
     # ---- stage 4+5: projector -> heat map -> sinks (the calling thread) -----------------
-    def _dispatch(self, item) -> None:
+    def _dispatch(self, item: Embedded) -> None:
         point = self.projector(item)
         self.heatmap.add_point(point)
         self._latencies.append(point.latency_ms)
@@ -186,7 +201,7 @@ class MonitorPipeline:
         self._fan_out("point", point)
         self._fan_out("segment_audio", point, item.segment.audio, sinks=self._audio_sinks)  # each decides to keep it
 
-    def _fan_out(self, method: str, *args, sinks: Sequence[PointSink] | None = None) -> None:
+    def _fan_out(self, method: str, *args: object, sinks: Sequence[PointSink] | None = None) -> None:
         with self._sink_lock:
             if self._sinks_closed:
                 if method == "mark":
@@ -196,7 +211,6 @@ class MonitorPipeline:
                 try:
                     getattr(sink, method)(*args)
                 except Exception as exc:  # noqa: BLE001 - one broken output must not stop the others
-                    self._sink_errors += 1
                     log.warning("output %s failed on %s: %s", type(sink).__name__, method, exc)
 
     def status(self) -> Status:
@@ -210,7 +224,7 @@ class MonitorPipeline:
 
     def _start_sinks(self) -> None:
         """Start every output, or none: if one cannot start (a busy port), close those already started."""
-        started = []
+        started: list[PointSink] = []
         for sink in self.sinks:
             try:
                 sink.start(self.session, self.heatmap)
@@ -230,7 +244,6 @@ class MonitorPipeline:
             self.projector(item[0])
         self.worker.failed_segments = 0
         self.worker.batches = 0
-        self.worker.forward_seconds = 0.0
 
     def run(self) -> SessionSummary:
         """Run until the source ends or ``stop()``; Ctrl-C here stops gracefully."""
@@ -240,44 +253,56 @@ class MonitorPipeline:
         segmenter_thread = threading.Thread(target=self._segment_loop, name="segmenter", daemon=True)
         self.worker.start()
         segmenter_thread.start()
-        next_status = time.monotonic()
         try:
-            while True:
-                try:
-                    item = self.worker.results.get(timeout=0.1)
-                except queue.Empty:
-                    item = False
-                except KeyboardInterrupt:
-                    if self.stopping:  # a second Ctrl-C aborts the drain (outputs are still closed below)
-                        raise
-                    self.stop()
-                    continue
-                if item is None:
-                    break
-                if item is not False:
-                    try:
-                        self._dispatch(item)
-                    except KeyboardInterrupt:
-                        if self.stopping:
-                            raise
-                        self.stop()
-                    except Exception as exc:  # noqa: BLE001
-                        self.worker.failed_segments += 1
-                        log.warning("could not place segment %s: %s", item.segment.index, exc)
-                if time.monotonic() >= next_status:
-                    self._fan_out("status", self.status())
-                    next_status = time.monotonic() + self.config.status_interval_s
+            self._dispatch_loop()
         finally:
             segmenter_thread.join(timeout=5)
-            self._fan_out("status", self.status())
-            with self._sink_lock:
-                self._sinks_closed = True
-            for sink in self.sinks:
-                try:
-                    sink.close()
-                except Exception as exc:  # noqa: BLE001
-                    log.warning("closing output %s failed: %s", type(sink).__name__, exc)
+            self._close_sinks()
         return self.summary(time.monotonic() - started)
+
+    def _dispatch_loop(self) -> None:
+        """Place every result the worker hands on, with a status every ``status_interval_s``, until it is done."""
+        next_status = time.monotonic()
+        while True:
+            try:
+                item = self.worker.results.get(timeout=0.1)
+            except queue.Empty:
+                pass
+            except KeyboardInterrupt:
+                if self.stopping:  # a second Ctrl-C aborts the drain (outputs are still closed)
+                    raise
+                self.stop()
+                continue
+            else:
+                if item is None:
+                    break
+                self._dispatch_safely(item)
+            if time.monotonic() >= next_status:
+                self._fan_out("status", self.status())
+                next_status = time.monotonic() + self.config.status_interval_s
+
+    def _dispatch_safely(self, item: Embedded) -> None:
+        """Dispatch one result; a failure costs that segment only, a Ctrl-C stops the session gracefully."""
+        try:
+            self._dispatch(item)
+        except KeyboardInterrupt:
+            if self.stopping:
+                raise
+            self.stop()
+        except Exception as exc:  # noqa: BLE001
+            self.worker.failed_segments += 1
+            log.warning("could not place segment %s: %s", item.segment.index, exc)
+
+    def _close_sinks(self) -> None:
+        """A last status, then close every output; nothing is accepted afterwards."""
+        self._fan_out("status", self.status())
+        with self._sink_lock:
+            self._sinks_closed = True
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("closing output %s failed: %s", type(sink).__name__, exc)
 
     def summary(self, wall_seconds: float) -> SessionSummary:
         lat = np.asarray(self._latencies, dtype=np.float64)

@@ -8,17 +8,26 @@ probability) and the top classes the dashboard shows.
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
 from monitor.live.events import Embedded, Point
 
 
+class CircumplexReducer(Protocol):
+    """What the projector needs of Stage II: ``calibration.reducer.AnchoredReducer``, or a stand-in in tests."""
+
+    def transform(self, X: np.ndarray, method: str = "fast") -> np.ndarray:
+        """Embeddings [n, d] -> [n, 2] (valence, arousal)."""
+        ...
+
+
 class Projector:
     """Maps ``Embedded`` -> ``Point`` with a fitted reducer (``transform(X) -> [n, 2]``)."""
 
-    def __init__(self, reducer, labels: Sequence[str], method: str = "fast", top_k: int = 3):
+    def __init__(self, reducer: CircumplexReducer | None, labels: Sequence[str], method: str = "fast",
+                 top_k: int = 3):
         if reducer is None:
             raise ValueError("the model bundle has no fitted reducer; it cannot place points on the circumplex")
         self.reducer = reducer

@@ -9,18 +9,42 @@ go through; the session goes on.
 
 from __future__ import annotations
 
+import enum
 import logging
 import queue
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol, Sequence, Union
+
+import numpy as np
 
 from monitor.live.events import Embedded
 from monitor.audio.frames import Segment
 
+if TYPE_CHECKING:  # pragma: no cover
+    from calibration.speaker import SpeakerBaseline
+
 log = logging.getLogger(__name__)
 
-_STOP = object()
+
+class _Stop(enum.Enum):
+    """The end-of-input marker on the segment queue."""
+
+    STOP = enum.auto()
+
+
+_STOP = _Stop.STOP
+_SegmentItem = Union[Segment, Literal[_Stop.STOP]]
+
+
+class EmbeddingModel(Protocol):
+    """What the worker needs of a model: ``monitor.model.emotion.EmotionModel``, or a stand-in in tests."""
+
+    def embed_waveforms(self, waves: Sequence[np.ndarray],
+                        baseline: SpeakerBaseline | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """16 kHz float32 waveforms -> (embeddings [B, E], class probabilities [B, C])."""
+        ...
 
 
 @dataclass
@@ -43,24 +67,19 @@ class WorkerConfig:
 
 
 class EmbeddingWorker(threading.Thread):
-    """Consumes ``Segment``s from a bounded queue; puts ``Embedded`` results on ``results``.
+    """Consumes ``Segment``s from a bounded queue; puts ``Embedded`` results on ``results`` (``None`` last)."""
 
-    ``model`` is anything with ``embed_waveforms(list_of_waves, baseline)``
-    returning (embeddings, probabilities), i.e. ``monitor.model.emotion.EmotionModel``.
-    """
-
-    def __init__(self, model, config: WorkerConfig | None = None, results: queue.Queue | None = None,
-                 baseline=None):
+    def __init__(self, model: EmbeddingModel, config: WorkerConfig | None = None,
+                 results: queue.Queue[Embedded | None] | None = None, baseline: SpeakerBaseline | None = None):
         super().__init__(name="embedding-worker", daemon=True)
         self.model = model
         self.config = config or WorkerConfig()
         self.baseline = baseline
-        self.segments: queue.Queue = queue.Queue(maxsize=self.config.queue_size)
-        self.results: queue.Queue = results if results is not None else queue.Queue(maxsize=self.config.queue_size)
+        self.segments: queue.Queue[_SegmentItem] = queue.Queue(maxsize=self.config.queue_size)
+        self.results: queue.Queue[Embedded | None] = (
+            results if results is not None else queue.Queue(maxsize=self.config.queue_size))
         self.failed_segments = 0
-        self.processed_segments = 0
         self.batches = 0
-        self.forward_seconds = 0.0
         self.last_error: str | None = None
 
     # ---- producer side ---------------------------------------------------------------
@@ -91,9 +110,7 @@ class EmbeddingWorker(threading.Thread):
         return batch, False
 
     def _embed(self, batch: list[Segment]) -> list[Embedded]:
-        started = time.perf_counter()
         embeddings, probabilities = self.model.embed_waveforms([s.audio for s in batch], self.baseline)
-        self.forward_seconds += time.perf_counter() - started
         self.batches += 1
         return [Embedded(s, embeddings[i], probabilities[i]) for i, s in enumerate(batch)]
 
@@ -119,5 +136,4 @@ class EmbeddingWorker(threading.Thread):
             if batch:
                 for result in self.process(batch):
                     self.results.put(result)
-                    self.processed_segments += 1
         self.results.put(None)

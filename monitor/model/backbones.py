@@ -35,7 +35,8 @@ def build_backbone(spec: dict[str, Any], bundle_dir: str | Path | None = None) -
         source = str(spec["source"])
         if source.startswith("bundle:"):
             if bundle_dir is None:
-                raise BackboneLoadError(f"backbone source {source!r} is inside a bundle, but no bundle folder was given")
+                raise BackboneLoadError(
+                    f"backbone source {source!r} is inside a bundle, but no bundle folder was given")
             source = str(Path(bundle_dir) / source[len("bundle:"):])
             if not Path(source).is_dir():
                 raise BackboneLoadError(f"the bundle's backbone folder is missing: {source}")

@@ -8,9 +8,6 @@ import numpy as np
 import torch
 from torch import nn
 
-#: Every backbone takes 16 kHz mono audio; every stage after the source works at this rate.
-SAMPLE_RATE = 16_000
-
 
 class BackboneLoadError(RuntimeError):
     """The backbone's weights could not be found or read; the message names the path or hub id."""
@@ -31,8 +28,8 @@ class Backbone(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        for tensor in self.parameters():
-            return tensor.device
-        for tensor in self.buffers():
-            return tensor.device
+        for parameter in self.parameters():
+            return parameter.device
+        for buffer in self.buffers():
+            return buffer.device
         return torch.device("cpu")

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -50,13 +52,50 @@ def default_bundle_path() -> Path:
     return SHIPPED_BUNDLES[DEFAULT_MODEL]
 
 
-def resolve_bundle(name_or_path: str | Path | None = None) -> Path:
-    """A shipped bundle's name ("default", "egemaps", ...) or a folder -> the bundle's folder."""
-    if name_or_path is None or str(name_or_path) == "default":
+#: A Hugging Face Hub repo id: "owner/name" (and nothing that could be a relative path such as "./x" or "a/b/c").
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+
+
+@dataclass(frozen=True)
+class HubOptions:
+    """How a Hub repo id is fetched (``huggingface_hub.snapshot_download``); ignored for names and folders."""
+
+    revision: str | None = None
+    cache_dir: str | None = None
+    token: str | bool | None = None
+
+
+def resolve_bundle(name_or_path: str | os.PathLike[str] | None = None, hub: HubOptions | None = None) -> Path:
+    """A shipped bundle's name ("default", "egemaps", ...), a folder, or a Hub repo id -> the bundle's folder.
+
+    A repo id is downloaded into (or, offline, read from) the Hugging Face
+    cache; ``HF_HUB_OFFLINE=1`` never touches the network.
+    """
+    if name_or_path is None or os.fspath(name_or_path) == "default":
         return default_bundle_path()
     if isinstance(name_or_path, str) and name_or_path in SHIPPED_BUNDLES:
         return SHIPPED_BUNDLES[name_or_path]
-    return Path(name_or_path)
+    path = Path(name_or_path)
+    if path.exists() or not _HUB_ID.match(os.fspath(name_or_path)):
+        return path
+    return _from_hub(os.fspath(name_or_path), hub or HubOptions())
+
+
+def _from_hub(repo_id: str, hub: HubOptions) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    try:
+        folder = snapshot_download(repo_id, revision=hub.revision, cache_dir=hub.cache_dir, token=hub.token,
+                                   local_files_only=offline)
+    except LocalEntryNotFoundError as exc:
+        raise BundleError(f"model {repo_id!r} is not in the Hugging Face cache"
+                          f"{' and HF_HUB_OFFLINE is set' if offline else ' and the Hub cannot be reached'}: {exc}"
+                          ) from exc
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise BundleError(f"could not fetch model {repo_id!r} from the Hugging Face Hub: {exc}") from exc
+    return Path(str(folder))
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -77,7 +116,7 @@ class ModelBundle:
     head_config: dict[str, Any]
     head_state: dict[str, torch.Tensor]
     normalizer: FeatureNormalizer
-    reducer: Any = None  # calibration.reducer.AnchoredReducer
+    reducer: AnchoredReducer | None = None
     anchor_set: str = "custom"
     name: str = "model"
     version: str = "0"
@@ -96,7 +135,7 @@ class ModelBundle:
         """
         digest = hashlib.sha256()
 
-        def add(prefix: str, arrays: dict) -> None:
+        def add(prefix: str, arrays: Mapping[str, torch.Tensor | np.ndarray]) -> None:
             for key in sorted(arrays):
                 value = arrays[key]
                 value = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
@@ -110,9 +149,10 @@ class ModelBundle:
         return f"{self.name}@{self.version}+{digest.hexdigest()[:10]}"
 
     @classmethod
-    def from_model(cls, model, reducer, anchors: dict[str, tuple[float, float]], *, anchor_set: str = "custom",
-                   name: str = "model", version: str = "0", provenance: dict | None = None,
-                   metrics: dict | None = None, embed_backbone: bool = False) -> "ModelBundle":
+    def from_model(cls, model: EmotionModel, reducer: AnchoredReducer | None, anchors: dict[str, tuple[float, float]],
+                   *, anchor_set: str = "custom", name: str = "model", version: str = "0",
+                   provenance: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                   embed_backbone: bool = False) -> "ModelBundle":
         """Package a trained ``EmotionModel`` and a fitted reducer.
 
         ``embed_backbone=True`` stores the encoder's weights inside the bundle
@@ -193,10 +233,11 @@ class ModelBundle:
     def _reducer_summary(self) -> dict[str, Any] | None:
         if self.reducer is None:
             return None
-        params = {k: v for k, v in self.reducer.get_params().items() if isinstance(v, (int, float, str, bool, type(None)))}
+        params = {k: v for k, v in self.reducer.get_params().items()
+                  if isinstance(v, (int, float, str, bool, type(None)))}
         return {"class": type(self.reducer).__name__, "params": params, "files": ["reducer.json", "reducer.npz"]}
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write the bundle to ``folder`` (created; existing bundle files are replaced)."""
         from safetensors.torch import save_file
 
@@ -207,14 +248,15 @@ class ModelBundle:
             if self.encoder is not None:
                 self.encoder.save_pretrained(target)
                 _save_feature_extractor(target, self.backbone.get("normalize_waveform", True))
-            elif self.path is not None and (self.path / BACKBONE_DIR).is_dir() and self.path.resolve() != folder.resolve():
+            elif (self.path is not None and (self.path / BACKBONE_DIR).is_dir()
+                  and self.path.resolve() != folder.resolve()):
                 shutil.copytree(self.path / BACKBONE_DIR, target, dirs_exist_ok=True)
             elif not target.is_dir():
                 raise BundleError("the bundle's backbone lives inside the bundle, but no encoder was given to save")
         state = {k: v.detach().cpu().contiguous() for k, v in self.head_state.items()}
         save_file(state, str(folder / "head.safetensors"), metadata={"format": BUNDLE_FORMAT})
         _, norm_arrays = self.normalizer.to_state()
-        np.savez(folder / "normalization.npz", **norm_arrays)
+        np.savez(folder / "normalization.npz", allow_pickle=False, **norm_arrays)
         if self.reducer is not None:
             self.reducer.save(folder)
         # strict JSON (NaN is not JSON): an undefined metric, e.g. a ratio of two CCCs <= 0, is written as null
@@ -226,54 +268,30 @@ class ModelBundle:
 def _save_feature_extractor(folder: Path, normalize: bool) -> None:
     from transformers import Wav2Vec2FeatureExtractor
 
-    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, do_normalize=bool(normalize),
-                             return_attention_mask=True).save_pretrained(folder)
+    # transformers leaves the feature extractor's constructor unannotated
+    extractor = Wav2Vec2FeatureExtractor(  # type: ignore[no-untyped-call]
+        feature_size=1, sampling_rate=16000, do_normalize=bool(normalize), return_attention_mask=True)
+    extractor.save_pretrained(folder)
 
 
-def load_bundle(folder: str | Path | None = None) -> ModelBundle:
-    """Read a bundle folder or a shipped bundle by name (default: the shipped default). Raises ``BundleError`` naming what is wrong."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def load_bundle(folder: str | os.PathLike[str] | None = None, *, revision: str | None = None,
+                cache_dir: str | None = None, token: str | bool | None = None) -> ModelBundle:
+    """Read a bundle: a shipped one by name (default: the shipped default), a folder, or a Hub repo id.
 
-    folder = resolve_bundle(folder)
+    ``revision``, ``cache_dir`` and ``token`` apply to Hub repo ids. Raises
+    ``BundleError`` naming what is wrong.
+    """
+    folder = resolve_bundle(folder, HubOptions(revision, cache_dir, token))
     if not folder.exists():
-        raise BundleError(f"model bundle not found: {folder} (give --model a bundle folder, or leave it out for the default model)")
+        raise BundleError(f"model bundle not found: {folder} "
+                          "(give --model a bundle folder, or leave it out for the default model)")
     if folder.is_file() and folder.name == "bundle.json":
         folder = folder.parent
     meta_path = folder / "bundle.json"
-    if not meta_path.is_file():
-        raise BundleError(f"{folder} is not a model bundle: it has no bundle.json")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{meta_path} is not valid JSON: {exc}") from exc
-    if meta.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{meta_path} is not a {BUNDLE_FORMAT} file (format={meta.get('format')!r})")
-    if int(meta.get("format_version", 0)) > BUNDLE_VERSION:
-        raise BundleError(
-            f"{folder} uses bundle format {meta['format_version']}, newer than this program reads ({BUNDLE_VERSION}); upgrade mood-monitor"
-        )
-    head_path = folder / "head.safetensors"
-    if not head_path.is_file():
-        raise BundleError(f"model bundle {folder} is missing head.safetensors")
-    try:
-        head_state = load_file(str(head_path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise BundleError(f"{head_path} is corrupt or unreadable: {exc}") from exc
-    norm_path = folder / "normalization.npz"
-    norm_arrays = _read_npz(norm_path) if norm_path.is_file() else {}
-    try:
-        normalizer = FeatureNormalizer.from_state(meta.get("normalization", {"mode": "none"}), norm_arrays)
-    except (ValueError, KeyError) as exc:
-        raise BundleError(f"{folder}: normalisation state is incomplete: {exc}") from exc
-    reducer = None
-    if meta.get("reducer"):
-        try:
-            reducer = AnchoredReducer.load(folder)
-        except FileNotFoundError as exc:
-            raise BundleError(f"model bundle {folder} names a reducer but its file is missing: {exc}") from exc
-        except Exception as exc:
-            raise BundleError(f"the reducer in {folder} is unreadable: {exc}") from exc
+    meta = _read_meta(folder, meta_path)
+    head_state = _read_head(folder)
+    normalizer = _read_normalizer(folder, meta)
+    reducer = _read_reducer(folder) if meta.get("reducer") else None
     try:
         bundle = ModelBundle(
             backbone=dict(meta["backbone"]),
@@ -295,7 +313,56 @@ def load_bundle(folder: str | Path | None = None) -> ModelBundle:
     return bundle
 
 
-def load_model(name_or_path: str | Path | None = None, device: str = "auto",
+def _read_meta(folder: Path, meta_path: Path) -> dict[str, Any]:
+    """bundle.json, checked to be a bundle this program can read."""
+    if not meta_path.is_file():
+        raise BundleError(f"{folder} is not a model bundle: it has no bundle.json")
+    try:
+        meta: dict[str, Any] = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{meta_path} is not valid JSON: {exc}") from exc
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{meta_path} is not a {BUNDLE_FORMAT} file (format={meta.get('format')!r})")
+    if int(meta.get("format_version", 0)) > BUNDLE_VERSION:
+        raise BundleError(
+            f"{folder} uses bundle format {meta['format_version']}, newer than this program reads "
+            f"({BUNDLE_VERSION}); upgrade mood-monitor"
+        )
+    return meta
+
+
+def _read_head(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    head_path = folder / "head.safetensors"
+    if not head_path.is_file():
+        raise BundleError(f"model bundle {folder} is missing head.safetensors")
+    try:
+        return load_file(str(head_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BundleError(f"{head_path} is corrupt or unreadable: {exc}") from exc
+
+
+def _read_normalizer(folder: Path, meta: Mapping[str, Any]) -> FeatureNormalizer:
+    norm_path = folder / "normalization.npz"
+    norm_arrays = _read_npz(norm_path) if norm_path.is_file() else {}
+    try:
+        return FeatureNormalizer.from_state(meta.get("normalization", {"mode": "none"}), norm_arrays)
+    except (ValueError, KeyError) as exc:
+        raise BundleError(f"{folder}: normalisation state is incomplete: {exc}") from exc
+
+
+def _read_reducer(folder: Path) -> AnchoredReducer:
+    try:
+        return AnchoredReducer.load(folder)
+    except FileNotFoundError as exc:
+        raise BundleError(f"model bundle {folder} names a reducer but its file is missing: {exc}") from exc
+    except Exception as exc:
+        raise BundleError(f"the reducer in {folder} is unreadable: {exc}") from exc
+
+
+def load_model(name_or_path: str | os.PathLike[str] | None = None, device: str = "auto",
                precision: str = "auto") -> tuple[ModelBundle, EmotionModel]:
     """The one way to get a runnable model: the bundle (for its reducer, labels and id) and its model."""
     bundle = load_bundle(name_or_path)

@@ -12,7 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from monitor.model.base import SAMPLE_RATE, Backbone
+from monitor.model.audio_format import SAMPLE_RATE
+from monitor.model.base import Backbone
 
 
 class EgemapsBackbone(Backbone):
@@ -45,7 +46,8 @@ class EgemapsBackbone(Backbone):
         wave = np.ascontiguousarray(wave, dtype=np.float32)
         values = self._smile.process_signal(wave, SAMPLE_RATE).to_numpy(dtype=np.float64)[0]
         # openSMILE yields NaN for some functionals on very short or unvoiced input.
-        return np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+        cleaned: np.ndarray = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+        return cleaned
 
     def features(self, waves: Sequence[np.ndarray]) -> torch.Tensor:
         rows = np.stack([self.extract(w) for w in waves]) if len(waves) else np.zeros((0, self.feature_dim))

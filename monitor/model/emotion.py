@@ -24,7 +24,8 @@ def choose_device(requested: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {requested!r} was asked for, but no CUDA GPU is available; use --device cpu or auto")
+        raise RuntimeError(
+            f"device {requested!r} was asked for, but no CUDA GPU is available; use --device cpu or auto")
     return device
 
 

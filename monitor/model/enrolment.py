@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from calibration.speaker import SpeakerBaseline
-from monitor.model.base import SAMPLE_RATE
+from monitor.model.audio_format import SAMPLE_RATE
 from monitor.model.emotion import EmotionModel
 
 log = logging.getLogger(__name__)

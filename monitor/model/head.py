@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -27,7 +27,8 @@ class EmotionHead(nn.Module):
     calibration on held-out data so probabilities mean what they say.
     """
 
-    ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+    ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
+    temperature: torch.Tensor  # a buffer
 
     def __init__(self, input_dim: int, n_classes: int, embedding_dim: int = 100, dropout: float = 0.0,
                  hidden_dims: Sequence[int] = (), activation: str = "gelu"):
@@ -53,10 +54,10 @@ class EmotionHead(nn.Module):
         self.classifier = nn.Linear(embedding_dim, n_classes)
         self.register_buffer("temperature", torch.ones(()))
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         """The constructor's arguments, as a bundle's ``head`` section stores them (``EmotionHead(**config)``)."""
         dropout = self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
-        config = {"input_dim": int(self.input_dim), "n_classes": int(self.n_classes),
+        config: dict[str, Any] = {"input_dim": int(self.input_dim), "n_classes": int(self.n_classes),
                   "embedding_dim": int(self.embedding_dim), "dropout": float(dropout)}
         if self.hidden_dims:  # heads without an encoder keep the section older bundles had
             config.update(hidden_dims=list(self.hidden_dims), activation=self.activation)

@@ -8,7 +8,7 @@ hold real audio.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -19,11 +19,31 @@ from monitor.model.base import Backbone, BackboneLoadError
 FINETUNE_MODES = ("frozen", "transformer")
 
 
-def _load_pretrained(source: str, revision: str | None):
-    from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+class SpeechEncoder(Protocol):
+    """What the backbone uses of a transformers speech model (``WavLMModel``, ``Wav2Vec2Model``, ``HubertModel``).
+
+    The encoder is also an ``nn.Module`` (a submodule of the backbone). Its
+    ``config`` is the model's transformers config, whose sizes are plain
+    attributes that differ per architecture.
+    """
+
+    config: Any
+
+    def __call__(self, input_values: torch.Tensor, *, attention_mask: torch.Tensor | None,
+                 output_hidden_states: bool, return_dict: bool) -> Any: ...
+
+    def _get_feat_extract_output_lengths(self, input_lengths: Any) -> Any: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def eval(self) -> Any: ...
+
+
+def _load_pretrained(source: str, revision: str | None) -> tuple[SpeechEncoder, bool]:
+    """The speech model at ``source`` and whether its feature extractor normalises waveforms."""
+    from transformers import AutoFeatureExtractor, AutoModel
 
     try:
-        config = AutoConfig.from_pretrained(source, revision=revision)
         model = AutoModel.from_pretrained(source, revision=revision)
     except (OSError, ValueError, EnvironmentError) as exc:
         where = f"local folder {source!r}" if Path(source).exists() else f"hub id {source!r}"
@@ -34,11 +54,12 @@ def _load_pretrained(source: str, revision: str | None):
     except Exception as exc:  # corrupt safetensors, truncated files, ...
         raise BackboneLoadError(f"the speech backbone at {source!r} is unreadable or corrupt: {exc}") from exc
     try:
-        extractor = AutoFeatureExtractor.from_pretrained(source, revision=revision)
+        # transformers leaves AutoFeatureExtractor.from_pretrained unannotated
+        extractor = AutoFeatureExtractor.from_pretrained(source, revision=revision)  # type: ignore[no-untyped-call]
         normalize = bool(getattr(extractor, "do_normalize", True))
     except (OSError, ValueError):
         normalize = True
-    return config, model, normalize
+    return model, normalize
 
 
 class WavLMBackbone(Backbone):
@@ -50,7 +71,7 @@ class WavLMBackbone(Backbone):
 
     kind = "wavlm"
 
-    def __init__(self, encoder: nn.Module, normalize_waveform: bool = True, finetune: str = "frozen",
+    def __init__(self, encoder: SpeechEncoder, normalize_waveform: bool = True, finetune: str = "frozen",
                  source: str = "", revision: str | None = None):
         super().__init__()
         if finetune not in FINETUNE_MODES:
@@ -72,9 +93,10 @@ class WavLMBackbone(Backbone):
         self.set_finetune(finetune)
 
     @classmethod
-    def from_pretrained(cls, source: str | Path, revision: str | None = None, finetune: str = "frozen") -> "WavLMBackbone":
+    def from_pretrained(cls, source: str | Path, revision: str | None = None,
+                        finetune: str = "frozen") -> "WavLMBackbone":
         source = str(source)
-        config, model, normalize = _load_pretrained(source, revision)
+        model, normalize = _load_pretrained(source, revision)
         return cls(model, normalize_waveform=normalize, finetune=finetune, source=source, revision=revision)
 
     def set_finetune(self, finetune: str) -> None:
@@ -113,14 +135,17 @@ class WavLMBackbone(Backbone):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for layer in layers:
-                layer.feed_forward = quantize_dynamic(layer.feed_forward, {nn.Linear}, dtype=torch.qint8)
+                # torch leaves quantize_dynamic unannotated
+                layer.feed_forward = quantize_dynamic(  # type: ignore[no-untyped-call]
+                    layer.feed_forward, {nn.Linear}, dtype=torch.qint8)
 
     def layer_weights(self) -> torch.Tensor:
         return torch.softmax(self.layer_logits, dim=0)
 
     def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
         """Valid frames per input, from the model's own convolution arithmetic."""
-        return self.encoder._get_feat_extract_output_lengths(sample_lengths).long()
+        frames: torch.Tensor = self.encoder._get_feat_extract_output_lengths(sample_lengths).long()
+        return frames
 
     def prepare(self, waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Pad (and per-utterance normalise, as the checkpoint's feature extractor does) into a batch."""
@@ -155,7 +180,8 @@ class WavLMBackbone(Backbone):
     def _forward_batch(self, input_values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         attention_mask = None
         if self.pads_safely and bool((lengths < input_values.shape[1]).any()):
-            attention_mask = (torch.arange(input_values.shape[1], device=input_values.device)[None, :] < lengths[:, None]).long()
+            positions = torch.arange(input_values.shape[1], device=input_values.device)
+            attention_mask = (positions[None, :] < lengths[:, None]).long()
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.finetune != "frozen"):
             out = self.encoder(input_values, attention_mask=attention_mask, output_hidden_states=True, return_dict=True)
         hidden = torch.stack(out.hidden_states, dim=0)  # [L, B, F, H]

@@ -11,12 +11,16 @@ import base64
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from calibration.jsonable import to_jsonable
 from calibration.quadrants import QUADRANTS, quadrant
+
+if TYPE_CHECKING:  # pragma: no cover
+    from monitor.live.events import Mark, Point, Status
+    from monitor.live.heatmap import HeatmapSnapshot
 
 PROTOCOL_VERSION = 1
 
@@ -50,7 +54,7 @@ def dumps(obj: dict[str, Any]) -> str:
 
 # ---- server -> client ---------------------------------------------------------------------
 
-def point_body(point) -> dict[str, Any]:
+def point_body(point: Point) -> dict[str, Any]:
     """A ``monitor.live.events.Point`` as the wire's point fields (also the items of ``snapshot.points``)."""
     return {
         "index": int(point.index),
@@ -65,12 +69,12 @@ def point_body(point) -> dict[str, Any]:
     }
 
 
-def mark_body(mark) -> dict[str, Any]:
+def mark_body(mark: Mark) -> dict[str, Any]:
     return {"t": round(float(mark.t), 3), "text": mark.text, "wall_time": round(float(mark.wall_time), 3),
             "source": mark.source}
 
 
-def heatmap_body(snapshot, seq: int) -> dict[str, Any]:
+def heatmap_body(snapshot: HeatmapSnapshot, seq: int) -> dict[str, Any]:
     """Compact heat map frame: the grid scaled to 0..255 (uint8, row-major, arousal rows bottom-up) in base64.
 
     A 48x48 grid is ~3 KB instead of ~25 KB of JSON numbers; ``max`` restores
@@ -78,7 +82,10 @@ def heatmap_body(snapshot, seq: int) -> dict[str, Any]:
     """
     grid = np.asarray(snapshot.grid, dtype=np.float64)
     peak = float(grid.max()) if grid.size else 0.0
-    scaled = np.zeros(grid.shape, dtype=np.uint8) if peak <= 0 else np.rint(grid / peak * 255.0).clip(0, 255).astype(np.uint8)
+    if peak <= 0:
+        scaled = np.zeros(grid.shape, dtype=np.uint8)
+    else:
+        scaled = np.rint(grid / peak * 255.0).clip(0, 255).astype(np.uint8)
     return {
         "seq": seq,
         "t": round(float(snapshot.t), 3),
@@ -98,7 +105,7 @@ def decode_heatmap(body: dict[str, Any]) -> np.ndarray:
     return raw.reshape(bins, bins) / 255.0 * float(body["max"] or 0.0)
 
 
-def status_body(status) -> dict[str, Any]:
+def status_body(status: Status) -> dict[str, Any]:
     s = status.to_dict()
     return {
         "t": round(float(s["t"]), 3),
@@ -183,15 +190,7 @@ def parse_client_message(raw: str | bytes) -> dict[str, Any]:
                             ref)
     out: dict[str, Any] = {"type": kind, "id": ref}
     if kind == "mark":
-        text = data.get("text")
-        if not isinstance(text, str):
-            raise ProtocolError("bad_field", "'text' must be a string", ref)
-        text = "".join(ch for ch in text if ch.isprintable() or ch == " ").strip()
-        if not text:
-            raise ProtocolError("bad_field", "'text' is empty", ref)
-        if len(text) > MAX_MARK_CHARS:
-            raise ProtocolError("bad_field", f"'text' is longer than {MAX_MARK_CHARS} characters", ref)
-        out["text"] = text
+        out["text"] = _mark_text(data.get("text"), ref)
         out["t"] = _optional_time(data.get("t"), ref)
     elif kind == "ping":
         t = data.get("t")
@@ -199,6 +198,18 @@ def parse_client_message(raw: str | bytes) -> dict[str, Any]:
             raise ProtocolError("bad_field", "'t' must be a number", ref)
         out["t"] = t
     return out
+
+
+def _mark_text(text: Any, ref: Any) -> str:
+    """A mark's text, trimmed and without control characters; 1 to MAX_MARK_CHARS characters."""
+    if not isinstance(text, str):
+        raise ProtocolError("bad_field", "'text' must be a string", ref)
+    clean = "".join(ch for ch in text if ch.isprintable() or ch == " ").strip()
+    if not clean:
+        raise ProtocolError("bad_field", "'text' is empty", ref)
+    if len(clean) > MAX_MARK_CHARS:
+        raise ProtocolError("bad_field", f"'text' is longer than {MAX_MARK_CHARS} characters", ref)
+    return clean
 
 
 def _is_number(x: Any) -> bool:

@@ -1,0 +1,236 @@
+"""Reading the store: patients, sessions, points, marks and baselines as named rows.
+
+Why names: every column is read by its name (``sqlite3.Row`` and ``AS`` aliases
+matching the dataclass fields), never by position, so a reordered or extended
+SELECT cannot silently shift a value into the wrong field; a missing column
+fails loudly instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Sequence, TypeVar
+
+import numpy as np
+
+from monitor.history.database import Database
+
+_Row = TypeVar("_Row", "PatientRow", "SessionRow")
+
+
+# ---- row types ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PatientRow:
+    patient_id: str | None  # None: sessions recorded without --patient
+    created_at: float | None
+    sessions: int
+    points: int
+    first_session: float | None
+    last_session: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    session_id: str
+    patient_id: str | None
+    started_at: float
+    ended_at: float | None
+    end_state: str | None  # None: still running (or not yet recovered), 'clean', 'recovered'
+    model_id: str
+    model_version: str
+    device: str
+    source: str
+    labels: list[str]
+    settings: dict[str, Any]
+    points: int
+    speech_seconds: float
+    marks: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _named(cls: type[_Row], row: sqlite3.Row, **converted: Any) -> _Row:
+    """Build ``cls`` from the row's columns of the same names (``converted`` overrides decoded ones)."""
+    return cls(**{f.name: converted[f.name] if f.name in converted else row[f.name] for f in fields(cls)})
+
+
+@dataclass
+class PointTable:
+    """Points as columns (what aggregation wants); ``session`` holds session ids."""
+
+    session: np.ndarray  # str objects
+    index: np.ndarray
+    t_start: np.ndarray
+    t_end: np.ndarray
+    valence: np.ndarray
+    arousal: np.ndarray
+    confidence: np.ndarray
+    wall_time: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.valence)
+
+    @property
+    def duration(self) -> np.ndarray:
+        seconds: np.ndarray = np.maximum(self.t_end - self.t_start, 0.0)
+        return seconds
+
+    def select(self, which: np.ndarray) -> "PointTable":
+        """The points at ``which`` (a boolean mask or positions, kept in that order)."""
+        return PointTable(**{f.name: getattr(self, f.name)[which] for f in fields(self)})
+
+    @classmethod
+    def from_rows(cls, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> "PointTable":
+        """Rows of values for ``columns``, which must name every field of this class (in any order)."""
+        fields_ = [f.name for f in fields(cls)]
+        cols: dict[str, Sequence[Any]] = dict(zip(columns, zip(*rows, strict=True), strict=True)) if rows else {}
+        missing = set(fields_) - set(columns)
+        if missing:
+            raise ValueError(f"point rows lack the columns {sorted(missing)}")
+
+        def col(name: str, dtype: Any) -> np.ndarray:
+            return np.asarray(cols.get(name, ()), dtype=dtype)
+
+        return cls(session=col("session", object), index=col("index", np.int64),
+                   **{name: col(name, np.float64) for name in fields_ if name not in ("session", "index")})
+
+
+# ---- lookups --------------------------------------------------------------------------------
+def session_rowid(db: Database, session_id: str, conn: sqlite3.Connection | None = None) -> int:
+    """The internal row id of a session; KeyError naming the file when there is none."""
+    row = (conn or db.conn).execute("SELECT id FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+    if row is None:
+        raise KeyError(f"no session {session_id!r} in {db.path}")
+    return int(row["id"])
+
+
+def has_patient(db: Database, patient_id: str) -> bool:
+    """One indexed lookup (the CLIs check a --patient before doing anything)."""
+    return db.conn.execute("SELECT 1 FROM patients WHERE patient_id = ?", (patient_id,)).fetchone() is not None
+
+
+def patient_ids(db: Database, limit: int | None = None) -> list[str]:
+    """Known patient ids, sorted (``limit`` of them when given), e.g. for an error message's hint."""
+    sql = "SELECT patient_id FROM patients ORDER BY patient_id" + (" LIMIT ?" if limit is not None else "")
+    return [str(r["patient_id"]) for r in db.conn.execute(sql, () if limit is None else (int(limit),))]
+
+
+# ---- patients and sessions ------------------------------------------------------------------
+def patients(db: Database) -> list[PatientRow]:
+    """Every patient, plus one row with ``patient_id=None`` when unassigned sessions exist."""
+    rows = db.conn.execute(
+        """SELECT p.patient_id AS patient_id, p.created_at AS created_at, COUNT(s.id) AS sessions,
+                  COALESCE(SUM((SELECT COUNT(*) FROM points WHERE session = s.id)), 0) AS points,
+                  MIN(s.started_at) AS first_session, MAX(s.started_at) AS last_session
+           FROM patients p LEFT JOIN sessions s ON s.patient_id = p.patient_id
+           GROUP BY p.patient_id ORDER BY p.patient_id""").fetchall()
+    out = [_named(PatientRow, r) for r in rows]
+    unassigned = db.conn.execute(
+        """SELECT NULL AS patient_id, NULL AS created_at, COUNT(*) AS sessions,
+                  COALESCE(SUM((SELECT COUNT(*) FROM points WHERE session = s.id)), 0) AS points,
+                  MIN(started_at) AS first_session, MAX(started_at) AS last_session
+           FROM sessions s WHERE patient_id IS NULL""").fetchone()
+    if unassigned["sessions"]:
+        out.append(_named(PatientRow, unassigned))
+    return out
+
+
+_SESSION_COLUMNS = """
+    s.session_id AS session_id, s.patient_id AS patient_id, s.started_at AS started_at, s.ended_at AS ended_at,
+    s.end_state AS end_state, s.model_id AS model_id, s.model_version AS model_version, s.device AS device,
+    s.source AS source, s.labels AS labels, s.settings AS settings,
+    (SELECT COUNT(*) FROM points WHERE session = s.id) AS points,
+    (SELECT COALESCE(SUM(MAX(t_end - t_start, 0)), 0) FROM points WHERE session = s.id) AS speech_seconds,
+    (SELECT COUNT(*) FROM marks WHERE session = s.id) AS marks"""
+
+
+def sessions(db: Database, patient_id: str | None = None, *, unassigned: bool = False, start: float | None = None,
+             end: float | None = None, session_ids: Sequence[str] | None = None) -> list[SessionRow]:
+    """Sessions, oldest first: all, one patient's, the unassigned ones, and/or started in [start, end)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if unassigned:
+        where.append("s.patient_id IS NULL")
+    elif patient_id is not None:
+        where.append("s.patient_id = ?")
+        args.append(patient_id)
+    if start is not None:
+        where.append("s.started_at >= ?")
+        args.append(float(start))
+    if end is not None:
+        where.append("s.started_at < ?")
+        args.append(float(end))
+    if session_ids is not None:
+        where.append(f"s.session_id IN ({','.join('?' * len(session_ids))})")
+        args.extend(session_ids)
+    sql = (f"SELECT {_SESSION_COLUMNS} FROM sessions s" + (" WHERE " + " AND ".join(where) if where else "")
+           + " ORDER BY s.started_at, s.session_id")
+    return [_named(SessionRow, r, labels=json.loads(r["labels"] or "[]"), settings=json.loads(r["settings"] or "{}"),
+                   speech_seconds=float(r["speech_seconds"]))
+            for r in db.conn.execute(sql, args).fetchall()]
+
+
+def session(db: Database, session_id: str) -> SessionRow | None:
+    rows = sessions(db, session_ids=[session_id])
+    return rows[0] if rows else None
+
+
+# ---- points and marks -----------------------------------------------------------------------
+def points(db: Database, session_ids: Sequence[str]) -> PointTable:
+    """The points of these sessions, ordered by session start then segment index."""
+    columns = ["session", "index", "t_start", "t_end", "valence", "arousal", "confidence", "wall_time"]
+    rows: list[tuple[Any, ...]] = []
+    ids = list(session_ids)
+    for i in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
+        chunk = ids[i:i + 500]
+        cursor = db.conn.cursor()
+        cursor.row_factory = None  # plain tuples: this read can be 100k rows; columns are matched by name below
+        cursor.execute(
+            f"""SELECT s.session_id AS session, p.idx AS "index", p.t_start AS t_start, p.t_end AS t_end,
+                       p.valence AS valence, p.arousal AS arousal, p.confidence AS confidence,
+                       p.wall_time AS wall_time
+                FROM points p JOIN sessions s ON s.id = p.session
+                WHERE s.session_id IN ({','.join('?' * len(chunk))})
+                ORDER BY s.started_at, s.session_id, p.idx""", chunk)
+        columns = [d[0] for d in cursor.description]
+        rows += cursor.fetchall()
+    return PointTable.from_rows(columns, rows)
+
+
+def point_records(db: Database, session_id: str) -> list[dict[str, Any]]:
+    """A session's points as dicts (every stored field), for export."""
+    rows = db.conn.execute(
+        """SELECT idx AS "index", t_start, t_end, valence, arousal, confidence, probabilities, latency_ms, wall_time
+           FROM points WHERE session = ? ORDER BY idx""", (session_rowid(db, session_id),)).fetchall()
+    return [{**dict(r), "probabilities": json.loads(r["probabilities"] or "{}")} for r in rows]
+
+
+def mark_records(db: Database, session_id: str) -> list[dict[str, Any]]:
+    rows = db.conn.execute("SELECT t, text, wall_time, source FROM marks WHERE session = ? ORDER BY t, id",
+                           (session_rowid(db, session_id),)).fetchall()
+    return [dict(r) for r in rows]
+
+
+# ---- baselines ------------------------------------------------------------------------------
+def get_baseline(db: Database, patient_id: str, model_id: str | None = None) -> dict[str, Any] | None:
+    """The current baseline for ``model_id`` (any model's latest when None), or None."""
+    sql = "SELECT baseline FROM baselines WHERE patient_id = ? AND replaced_at IS NULL"
+    args: list[Any] = [patient_id]
+    if model_id is not None:
+        sql += " AND model_id = ?"
+        args.append(model_id)
+    row = db.conn.execute(sql + " ORDER BY created_at DESC, id DESC LIMIT 1", args).fetchone()
+    return None if row is None else dict(json.loads(row["baseline"]))
+
+
+def baseline_history(db: Database, patient_id: str) -> list[dict[str, Any]]:
+    """Every baseline of the patient, oldest first, replaced ones included."""
+    rows = db.conn.execute("SELECT model_id, created_at, replaced_at, baseline FROM baselines "
+                           "WHERE patient_id = ? ORDER BY created_at, id", (patient_id,)).fetchall()
+    return [{**dict(r), "baseline": json.loads(r["baseline"])} for r in rows]

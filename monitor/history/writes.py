@@ -1,0 +1,116 @@
+"""Writing the store: sessions, batches of points and marks, session ends, baselines, assignments.
+
+Why one module of plain functions over a ``Database``: the live writer
+(``monitor.history.sink``), imports, demos and tests all write through the
+same statements, each a single transaction, so what the sink commits is what a
+test can commit. Every INSERT names its columns, so a schema step that adds a
+column cannot shift values.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import Any, Sequence
+
+from monitor.history.database import Database
+from monitor.history.queries import session_rowid
+from monitor.history.recovery import writer_id
+from monitor.live.events import Mark, Point, SessionInfo
+
+
+def ensure_patient(conn: sqlite3.Connection, patient_id: str) -> None:
+    conn.execute("INSERT OR IGNORE INTO patients(patient_id, created_at) VALUES (?, ?)", (patient_id, time.time()))
+
+
+def begin_session(db: Database, session: SessionInfo, patient_id: str | None = None) -> int:
+    """Insert the session (and its patient); returns its row id. Idempotent for the same session id."""
+    patient = patient_id if patient_id is not None else session.patient_id
+    with db.transaction() as c:
+        if patient is not None:
+            ensure_patient(c, patient)
+        c.execute(
+            "INSERT OR IGNORE INTO sessions(session_id, patient_id, started_at, model_id, model_version, device,"
+            " source, labels, settings, writer, heartbeat_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (session.session_id, patient, float(session.started_at), session.model_id, session.model_version,
+             str(session.device), session.source, json.dumps(list(session.labels)),
+             json.dumps(session.settings, default=str), writer_id(), time.time()),
+        )
+        return session_rowid(db, session.session_id, c)
+
+
+def write_batch(db: Database, session_id: str, points: Sequence[Point] = (), marks: Sequence[Mark] = (),
+                *, heartbeat: bool = True) -> None:
+    """Commit points and marks of one session in one transaction (durable on return).
+
+    ``heartbeat`` also stamps the session as written by a live process, which
+    keeps ``recover_unclean`` in another process from closing it.
+    """
+    with db.transaction() as c:
+        rowid = session_rowid(db, session_id, c)
+        c.executemany(
+            "INSERT OR REPLACE INTO points(session, idx, t_start, t_end, valence, arousal, confidence, probabilities,"
+            " latency_ms, wall_time) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [(rowid, int(p.index), float(p.t_start), float(p.t_end), float(p.valence), float(p.arousal),
+              float(p.confidence), json.dumps(p.probabilities), float(p.latency_ms), float(p.wall_time))
+             for p in points])
+        c.executemany("INSERT INTO marks(session, t, text, wall_time, source) VALUES (?,?,?,?,?)",
+                      [(rowid, float(m.t), m.text, float(m.wall_time), m.source) for m in marks])
+        if heartbeat:
+            c.execute("UPDATE sessions SET heartbeat_at = ? WHERE id = ?", (time.time(), rowid))
+
+
+def end_session(db: Database, session_id: str, ended_at: float | None = None, state: str = "clean") -> None:
+    with db.transaction() as c:
+        c.execute("UPDATE sessions SET ended_at = ?, end_state = ?, heartbeat_at = ? WHERE session_id = ?",
+                  (float(ended_at if ended_at is not None else time.time()), state, time.time(), session_id))
+
+
+def retime_session(db: Database, session_id: str, started_at: float, *, as_live: bool = False,
+                   duration: float | None = None) -> None:
+    """Move a session to another start time, shifting every stored wall-clock time with it.
+
+    For imports and demos (the example report replays clips as if on earlier
+    days). ``as_live``: a fast replay's wall times are squeezed, so set each
+    point's wall time to start + its session time and the end to start +
+    ``duration`` (default: the last point's end), as a live session would have had.
+    Session times (t_start/t_end) never change.
+    """
+    with db.transaction() as c:
+        rowid = session_rowid(db, session_id, c)
+        old = c.execute("SELECT started_at FROM sessions WHERE id = ?", (rowid,)).fetchone()["started_at"]
+        delta = float(started_at) - float(old)
+        c.execute("UPDATE sessions SET started_at = started_at + ?, ended_at = ended_at + ?, "
+                  "heartbeat_at = heartbeat_at + ? WHERE id = ?", (delta, delta, delta, rowid))
+        c.execute("UPDATE marks SET wall_time = wall_time + ? WHERE session = ?", (delta, rowid))
+        if not as_live:
+            c.execute("UPDATE points SET wall_time = wall_time + ? WHERE session = ?", (delta, rowid))
+            return
+        c.execute("UPDATE points SET wall_time = ? + t_end WHERE session = ?", (float(started_at), rowid))
+        c.execute("UPDATE marks SET wall_time = ? + t WHERE session = ?", (float(started_at), rowid))
+        if duration is None:
+            duration = c.execute("SELECT COALESCE(MAX(t_end), 0) AS last_end FROM points WHERE session = ?",
+                                 (rowid,)).fetchone()["last_end"]
+        c.execute("UPDATE sessions SET ended_at = ? WHERE id = ? AND ended_at IS NOT NULL",
+                  (float(started_at) + float(duration), rowid))
+
+
+def assign_session(db: Database, session_id: str, patient_id: str) -> None:
+    """Give a session recorded without --patient (or with a wrong one) to ``patient_id``."""
+    with db.transaction() as c:
+        session_rowid(db, session_id, c)
+        ensure_patient(c, patient_id)
+        c.execute("UPDATE sessions SET patient_id = ? WHERE session_id = ?", (patient_id, session_id))
+
+
+def set_baseline(db: Database, patient_id: str, baseline_json: dict[str, Any], model_id: str) -> None:
+    """Make ``baseline_json`` the patient's current baseline for ``model_id``; the old one is kept as replaced."""
+    text = json.dumps(baseline_json)
+    now = time.time()
+    with db.transaction() as c:
+        ensure_patient(c, patient_id)
+        c.execute("UPDATE baselines SET replaced_at = ? WHERE patient_id = ? AND model_id = ? AND replaced_at IS NULL",
+                  (now, patient_id, model_id))
+        c.execute("INSERT INTO baselines(patient_id, model_id, created_at, baseline) VALUES (?,?,?,?)",
+                  (patient_id, model_id, now, text))

@@ -66,12 +66,13 @@ def build(kind: str, precision: str):
     """(EmotionModel, Projector, description) for a benchmark model."""
     from monitor.live.projection import Projector
 
-    if kind == "default":
-        from monitor.model.bundle import load_bundle
+    from monitor.model.bundle import SHIPPED_BUNDLES, load_bundle
 
-        bundle = load_bundle()
+    if kind == "default" or kind in SHIPPED_BUNDLES:
+        bundle = load_bundle(kind)
         model = bundle.build_model(device="cpu", precision=precision)
-        return model, Projector(bundle.reducer, bundle.labels), f"shipped default ({bundle.backbone.get('kind')})"
+        name = "shipped default" if kind == "default" else f"shipped {kind}"
+        return model, Projector(bundle.reducer, bundle.labels), f"{name} ({bundle.backbone.get('kind')}, {precision})"
     if kind == "wavlm-base-plus":
         from transformers import WavLMConfig, WavLMModel
 
@@ -280,8 +281,10 @@ def concurrent_streams(model, projector, wavs: list[Path], max_batch: int, max_w
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data", help="folder holding ravdess/")
-    p.add_argument("--models", default="default,wavlm-base-plus", help="comma list: default, wavlm-base-plus")
-    p.add_argument("--wavlm-precisions", default="fp32,int8", help="CPU precisions to run WavLM Base+ in")
+    p.add_argument("--models", default="default,egemaps,wavlm-base-plus",
+                   help="comma list: default, a shipped bundle's name (egemaps, whisper), wavlm-base-plus")
+    p.add_argument("--wavlm-precisions", default="fp32,int8",
+                   help="CPU precisions to run WavLM Base+ and shipped transformer backbones in")
     p.add_argument("--clips", type=int, default=16, help="RAVDESS clips in the replayed session")
     p.add_argument("--gap", type=float, default=1.0, help="silence between clips, seconds")
     p.add_argument("--streams", type=int, default=5, help="concurrent real-time streams to check (0 = skip)")
@@ -298,7 +301,7 @@ def main(argv=None) -> int:
 
     runs = []
     for kind in args.models.split(","):
-        precisions = args.wavlm_precisions.split(",") if kind == "wavlm-base-plus" else ["fp32"]
+        precisions = args.wavlm_precisions.split(",") if kind in ("wavlm-base-plus", "whisper") else ["fp32"]
         for precision in precisions:
             model, projector, description = build(kind, precision)
             print(f"== {description}", flush=True)

@@ -255,12 +255,28 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from calibration.data import load_embeddings, select_split
-    from calibration.reducer import AnchoredReducer
+    from calibration.reducer import JSON_NAME, AnchoredReducer
 
-    reducer = AnchoredReducer.load(args.bundle)
-    data = select_split(load_embeddings(args.embeddings), args.split)
-    source = f"{args.embeddings.name} [{args.split}]"
-    return report(reducer, data, source, args.anchors, args.method, args.out, args.title)
+    bundle, embeddings = Path(args.bundle), Path(args.embeddings)
+    problem = None
+    if not (bundle / JSON_NAME).is_file():
+        problem = (f"{bundle} holds no reducer ({JSON_NAME}): --bundle takes a model bundle folder "
+                   "(e.g. monitor/model/bundles/egemaps)")
+    elif embeddings.is_dir():
+        problem = (f"{embeddings} is a folder: --embeddings takes an exported-embedding .npz file; to score a "
+                   "folder of audio (RAVDESS or any other corpus), use python -m training score")
+    elif not embeddings.is_file():
+        problem = f"no embeddings file {embeddings}"
+    if problem is None:
+        try:
+            reducer = AnchoredReducer.load(bundle)
+            data = select_split(load_embeddings(embeddings), args.split)
+            source = f"{embeddings.name} [{args.split}]"
+            return report(reducer, data, source, args.anchors, args.method, args.out, args.title)
+        except (OSError, ValueError, KeyError) as exc:  # unreadable or inconsistent inputs: say which, no traceback
+            problem = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    print(f"error: {problem}", file=sys.stderr)
+    return 2
 
 
 def report(reducer: AnchoredReducer, data: Mapping[str, np.ndarray], source: str, anchor_set: str | None,

@@ -46,6 +46,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from calibration.anchors import canonical_emotion, get_anchor_set
 from calibration.metrics import centroid_drift
+from calibration.safe_npz import read_npz
 
 STATE_FORMAT = "mood-monitor/anchored-reducer"
 STATE_VERSION = 1
@@ -740,6 +741,4 @@ class AnchoredReducer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
         """Read a reducer written by ``save`` (JSON + npz, never pickle)."""
         folder = Path(folder)
         meta = json.loads((folder / JSON_NAME).read_text())
-        with np.load(folder / NPZ_NAME, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        return cls.from_state(meta, arrays)
+        return cls.from_state(meta, read_npz(folder / NPZ_NAME))

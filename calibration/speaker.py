@@ -24,6 +24,14 @@ from numpy.typing import ArrayLike
 NORMALIZATION_MODES = ("none", "population", "enrolment")
 #: Emotions whose speech serves as a speaker's baseline in training corpora.
 BASELINE_EMOTIONS = ("neutral", "calm")
+#: What an enrolment recording at intake is: neutral speech (a calm reading or talk about everyday things).
+INTAKE: dict[str, float] = {"neutral": 1.0}
+
+
+def composition_of(labels: ArrayLike) -> dict[str, float]:
+    """Shares of each emotion among a baseline's clips or segments."""
+    values, counts = np.unique(np.asarray(labels), return_counts=True)
+    return {str(v): float(c) / float(counts.sum()) for v, c in zip(values, counts, strict=True)}
 
 
 @dataclass
@@ -40,9 +48,14 @@ class SpeakerBaseline:
     model_id: str
     source: str = ""
     created: float = field(default_factory=time.time)
+    #: What kind of speech the baseline is, as shares of emotions: an intake reading is neutral speech
+    #: (:data:`INTAKE`); a training speaker's baseline is their mix of neutral and calm clips. The shift
+    #: maps it onto the population's mean of the same mix (like to like). None: a baseline from before
+    #: this was recorded, mapped onto the population's neutral/calm mean as it was then.
+    composition: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "mean": [float(x) for x in np.asarray(self.mean, dtype=np.float64)],
             "n_segments": int(self.n_segments),
             "seconds": float(self.seconds),
@@ -50,6 +63,9 @@ class SpeakerBaseline:
             "source": self.source,
             "created": float(self.created),
         }
+        if self.composition is not None:
+            data["composition"] = {k: float(v) for k, v in self.composition.items()}
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "SpeakerBaseline":
@@ -60,6 +76,7 @@ class SpeakerBaseline:
             model_id=str(data["model_id"]),
             source=str(data.get("source", "")),
             created=float(data.get("created", 0.0)),
+            composition={str(k): float(v) for k, v in data["composition"].items()} if data.get("composition") else None,
         )
 
     def save(self, path: str | Path) -> None:
@@ -85,6 +102,8 @@ class FeatureNormalizer:
         self.mean_: np.ndarray | None = None
         self.scale_: np.ndarray | None = None
         self.reference_: np.ndarray | None = None
+        #: The population mean of each baseline emotion (neutral, calm): where a baseline of that kind belongs.
+        self.references_: dict[str, np.ndarray] = {}
 
     # ---- fitting -----------------------------------------------------------------
     def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> "FeatureNormalizer":
@@ -98,21 +117,34 @@ class FeatureNormalizer:
         scale = x.std(axis=0)
         self.scale_ = np.where(scale > 1e-8, scale, 1.0)
         self.reference_ = self.mean_.copy()
+        self.references_ = {}
         if labels is not None:
-            is_baseline = np.isin(np.asarray(labels), BASELINE_EMOTIONS)
+            labels = np.asarray(labels)
+            is_baseline = np.isin(labels, BASELINE_EMOTIONS)
             if is_baseline.any():
                 self.reference_ = x[is_baseline].mean(axis=0)
+            self.references_ = {e: x[labels == e].mean(axis=0) for e in BASELINE_EMOTIONS if (labels == e).any()}
         return self
 
-    def speaker_offset(self, baseline: SpeakerBaseline | np.ndarray | None) -> np.ndarray | None:
-        """The shift that moves this speaker's baseline onto the population reference."""
-        if self.mode != "enrolment" or baseline is None:
-            return None
+    def target(self, composition: Mapping[str, float] | None) -> np.ndarray:
+        """Where a baseline of this composition belongs: the population mean of the same mix of emotions."""
         if self.reference_ is None:
             raise RuntimeError("FeatureNormalizer is not fitted")
-        mean = baseline.mean if isinstance(baseline, SpeakerBaseline) else np.asarray(baseline)
-        offset: np.ndarray = self.reference_ - mean
-        return offset
+        if not composition or not set(composition) <= set(self.references_):
+            return self.reference_
+        total = sum(composition.values())
+        mixed: np.ndarray = sum((w / total) * self.references_[e] for e, w in composition.items())  # type: ignore[assignment]
+        return mixed
+
+    def speaker_offset(self, baseline: SpeakerBaseline | np.ndarray | None) -> np.ndarray | None:
+        """The shift that moves this speaker's baseline onto the population's mean of the same kind of speech."""
+        if self.mode != "enrolment" or baseline is None:
+            return None
+        if isinstance(baseline, SpeakerBaseline):
+            offset: np.ndarray = self.target(baseline.composition) - baseline.mean
+            return offset
+        legacy: np.ndarray = self.target(None) - np.asarray(baseline, dtype=np.float64)
+        return legacy
 
     # ---- applying ----------------------------------------------------------------
     def apply(self, features: ArrayLike, baseline: SpeakerBaseline | np.ndarray | None = None) -> np.ndarray:
@@ -135,6 +167,7 @@ class FeatureNormalizer:
         arrays: dict[str, np.ndarray] = {}
         if self.mean_ is not None and self.scale_ is not None and self.reference_ is not None:
             arrays = {"mean": self.mean_, "scale": self.scale_, "reference": self.reference_}
+            arrays.update({f"reference_{e}": v for e, v in self.references_.items()})
         return {"mode": self.mode, "baseline_emotions": list(BASELINE_EMOTIONS)}, arrays
 
     @classmethod
@@ -144,6 +177,8 @@ class FeatureNormalizer:
             normalizer.mean_ = np.asarray(arrays["mean"], dtype=np.float64)
             normalizer.scale_ = np.asarray(arrays["scale"], dtype=np.float64)
             normalizer.reference_ = np.asarray(arrays["reference"], dtype=np.float64)
+            normalizer.references_ = {k[len("reference_"):]: np.asarray(v, dtype=np.float64)
+                                      for k, v in arrays.items() if k.startswith("reference_")}
         elif normalizer.mode != "none":
             raise ValueError(f"normalization mode {normalizer.mode!r} needs mean/scale arrays")
         return normalizer
@@ -174,11 +209,13 @@ def baselines_from_clips(features: ArrayLike, labels: ArrayLike, speakers: Array
                          ) -> dict[str, SpeakerBaseline]:
     """One :class:`SpeakerBaseline` per speaker from the mean features of their neutral/calm clips."""
     features = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels)
     out = {}
     for spk, mask in enrolment_masks(labels, speakers, emotions).items():
         secs = float(np.sum(np.asarray(seconds)[mask])) if seconds is not None else 0.0
         out[spk] = SpeakerBaseline(mean=features[mask].mean(axis=0), n_segments=int(mask.sum()), seconds=secs,
-                                   model_id=model_id, source="training corpus " + "/".join(emotions) + " clips")
+                                   model_id=model_id, source="training corpus " + "/".join(emotions) + " clips",
+                                   composition=composition_of(labels[mask]))
     return out
 
 
@@ -214,9 +251,13 @@ def estimated_baselines(features: ArrayLike, labels: ArrayLike, speakers: ArrayL
         if not common:
             continue
         delta = np.mean([_balanced_mean(features, labels, speakers, t, common) - known[t].mean for t in refs], axis=0)
+        mixes = [known[t].composition for t in refs]
+        composition = None if any(m is None for m in mixes) else {
+            e: float(np.mean([(m or {}).get(e, 0.0) for m in mixes])) for e in set().union(*[m or {} for m in mixes])}
         out[str(spk)] = SpeakerBaseline(mean=_balanced_mean(features, labels, speakers, spk, common) - delta,
                                         n_segments=int((speakers == spk).sum()), seconds=0.0, model_id="",
-                                        source="estimated from " + "/".join(common) + " clips")
+                                        source="estimated from " + "/".join(common) + " clips",
+                                        composition=composition)
     return out
 
 
@@ -240,17 +281,17 @@ def fit_normalizer(features: ArrayLike, labels: ArrayLike, speakers: ArrayLike, 
     if mode != "enrolment":
         raise ValueError(f"unknown normalization mode {mode!r}")
     labels = np.asarray(labels)
-    is_base = np.isin(labels, list(BASELINE_EMOTIONS))
-    reference = features[is_base].mean(axis=0) if is_base.any() else features.mean(axis=0)
+    population = FeatureNormalizer("enrolment").fit(features, labels)  # where each kind of baseline belongs
     baselines = baselines_from_clips(features, labels, speakers)
     if estimate_missing:
         baselines.update(estimated_baselines(features, labels, speakers, baselines))
     shifted = features.copy()
     speakers = np.asarray(speakers)
     for spk, base in baselines.items():
-        shifted[speakers == spk] += reference - base.mean
+        shifted[speakers == spk] += population.target(base.composition) - base.mean
     normalizer.fit(shifted, labels)
-    # apply() adds reference_ - baseline; reference_ of the shifted data equals `reference` up to rounding
+    # apply() adds target(composition) - baseline; the shifted data's references equal the unshifted ones
+    # up to how far the speakers' own mixes of neutral and calm differ
     return normalizer, normalize_speakers(normalizer, features, speakers, baselines)
 
 

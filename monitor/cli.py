@@ -1,8 +1,8 @@
 """``mood-monitor`` / ``python run_monitor.py``: run a live (or replayed) mood-monitoring session.
 
 The same program hosts the other everyday commands as subcommands
-(``mood-monitor report``, ``mood-monitor data``); each is also its module's
-own ``python -m``.
+(``mood-monitor report``, ``mood-monitor data``, ``mood-monitor analyze``);
+each is also its module's own ``python -m``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -35,7 +36,16 @@ if TYPE_CHECKING:  # the heavy modules (torch, the store) load only when a sessi
 
 log = logging.getLogger("monitor")
 
-EXIT_OK, EXIT_ENDED_EARLY, EXIT_SETUP, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_ENDED_EARLY, EXIT_SETUP, EXIT_NOT_STORED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+EXIT_CODES = """\
+exit status:
+  0    the session ran to its end (or Ctrl-C ended it) and every point reached every output
+  1    the session ended early: the input broke off (a truncated file, an unplugged microphone)
+  2    setup problem, nothing recorded (bad input, model, port, store; the message says which)
+  3    points or marks were not stored (or not written to --jsonl): the summary says how many
+  130  aborted by a second Ctrl-C (or SIGTERM): queued speech was not analysed
+"""
 
 DESCRIPTION = """\
 Listen to speech (a microphone, or a recording with --input), place every
@@ -52,15 +62,16 @@ examples:
 other commands (each has its own --help):
   mood-monitor report --patient P-017 --days 14 --out p017.pdf   # a patient's days and weeks
   mood-monitor data export --patient P-017 --out p017/           # list, export, assign, delete stored data
+  mood-monitor analyze recordings/ --out results.csv             # score a folder of recordings into a table
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mood-monitor", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES)
     src = p.add_argument_group("audio input")
     src.add_argument("--input", metavar="FILE", help="replay a WAV/FLAC/OGG recording instead of the microphone "
-                     "(any sample rate or channel count)")
+                     "(any sample rate or channel count); '-', a pipe or a FIFO is read as a stream (WAV or Ogg)")
     src.add_argument("--fast", action="store_true",
                      help="with --input: run as fast as possible instead of in real time")
     src.add_argument("--device", metavar="ID",
@@ -98,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     vad.add_argument("--max-segment", type=float, default=6.0, metavar="S",
                      help="cut longer speech into windows of this length, so a monologue still yields points "
                           "(default: 6 s)")
+    vad.add_argument("--speech-gate", choices=["on", "off"], default="on",
+                     help="check that each segment sounds like a speaking voice (a moving pitch), so tones, hum, "
+                          "music and noise the VAD lets through are skipped and counted instead of becoming "
+                          "confident points (default: on)")
 
     hm = p.add_argument_group("heat map")
     hm.add_argument("--heatmap-bins", type=int, default=48, metavar="N", help="cells per axis (default: 48)")
@@ -147,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _configs(args: argparse.Namespace) -> tuple[VadConfig, WorkerConfig, HeatmapConfig]:
     vad = VadConfig(aggressiveness=args.vad_aggressiveness, frame_ms=args.frame_ms,
                     start_padding_ms=args.start_padding_ms, end_padding_ms=args.end_padding_ms,
-                    min_segment_s=args.min_segment, max_segment_s=args.max_segment)
+                    min_segment_s=args.min_segment, max_segment_s=args.max_segment,
+                    speech_gate=args.speech_gate == "on")
     worker = WorkerConfig(device=args.compute, precision=args.precision, max_batch=args.max_batch,
                           max_wait_ms=args.max_wait_ms)
     heatmap = HeatmapConfig(bins=args.heatmap_bins, mode=args.heatmap_mode, half_life_s=args.half_life,
@@ -173,11 +189,18 @@ def graceful_interrupts(pipeline: MonitorPipeline) -> Iterator[None]:
         yield
         return
 
+    signals = 0
+
     def handler(signum: int, frame: FrameType | None) -> None:
-        if pipeline.stopping:
+        nonlocal signals
+        signals += 1
+        if signals == 1 and not pipeline.stopping:
+            log.info("ending the session: finishing queued speech (Ctrl-C again to abort)")
+            pipeline.stop()
+        elif signals <= 2:
             raise KeyboardInterrupt
-        log.info("ending the session: finishing queued speech (Ctrl-C again to abort)")
-        pipeline.stop()
+        else:  # the abort is joining the model's thread: a bounded wait, not to be cut short again
+            log.info("aborting: waiting for the model to finish the segment in hand")
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -213,6 +236,7 @@ def _prepare(args: argparse.Namespace, vad: VadConfig, worker: WorkerConfig) -> 
     from monitor.model.enrolment import EnrolmentError, enroll
 
     try:
+        _check_compute(worker.device)
         bundle = load_bundle(args.model)
         device = choose_device(worker.device)
         model = bundle.build_model(device=str(device), precision=worker.precision)
@@ -232,6 +256,17 @@ def _prepare(args: argparse.Namespace, vad: VadConfig, worker: WorkerConfig) -> 
             OSError) as exc:
         raise _SetupError(str(exc)) from exc
     return _Setup(bundle, model, str(device), store, baseline, source)
+
+
+def _check_compute(requested: str) -> None:
+    """--compute cuda without a GPU: say so with this program's flag (--device is the microphone here)."""
+    if not str(requested).startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise _SetupError(f"--compute {requested} was asked for, but no CUDA GPU is available; use --compute cpu "
+                          "(or auto, which picks a GPU when there is one)")
 
 
 def _default_db(data_dir: str | None) -> Path:
@@ -283,32 +318,43 @@ def _build_pipeline(args: argparse.Namespace, setup: _Setup, source: AudioSource
 
 
 def _run_session(args: argparse.Namespace, pipeline: MonitorPipeline) -> int:
-    from monitor.live.pipeline import OutputStartError
+    from monitor.live.pipeline import ModelWarmUpError, OutputStartError
 
     if not args.input:
         log.info("listening; press Ctrl-C to end the session")
     with graceful_interrupts(pipeline):
         try:
             summary = pipeline.run()
-        except OutputStartError as exc:
+        except (OutputStartError, ModelWarmUpError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_SETUP
         except KeyboardInterrupt:  # the second Ctrl-C: what was written is flushed, the queued rest is dropped
             print("aborted: queued speech was not analysed", file=sys.stderr)
+            busy = pipeline.busy_threads()
+            if busy:  # a stage stuck in native code: exiting through interpreter shutdown could abort the process
+                log.warning("leaving without waiting for: %s", ", ".join(busy))
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(EXIT_INTERRUPTED)
             return EXIT_INTERRUPTED
     print(summary.format(), file=sys.stderr)
     if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(summary.to_dict(), indent=2))
+        from monitor.live.private import write_private_text
+
+        write_private_text(args.summary_json, json.dumps(summary.to_dict(), indent=2))
+    if not summary.outputs_complete:
+        return EXIT_NOT_STORED
     return EXIT_ENDED_EARLY if summary.error else EXIT_OK
 
 
 def _subcommands() -> dict[str, Callable[[Sequence[str] | None], int]]:
+    from monitor import analyze
     from monitor.history import data, report
 
-    return {"report": report.main, "data": data.main}
+    return {"report": report.main, "data": data.main, "analyze": analyze.main}
 
 
-SUBCOMMANDS = ("report", "data")
+SUBCOMMANDS = ("report", "data", "analyze")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -343,6 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _SetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_SETUP
+    except KeyboardInterrupt:  # Ctrl-C while loading the model or waiting for a FIFO's writer
+        print("interrupted before the session started; nothing was recorded", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if setup.source is None:
         return EXIT_OK  # enrolment only
     return _run_session(args, _build_pipeline(args, setup, setup.source, vad, worker, heatmap))
@@ -353,11 +402,12 @@ def _list_devices() -> int:
     from monitor.audio.sources import list_devices
 
     try:
-        print(list_devices())
-        return EXIT_OK
+        table = list_devices()
     except AudioInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_SETUP
+    print(table)
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -121,3 +121,124 @@ def test_chunker_restarts_after_gap():
     chunker.restart_at(5.0)
     frames = list(chunker.push(np.zeros(160, dtype=np.float32)))
     assert frames[0].t_start == 5.0
+
+
+# ---- issue 15: truncated files, phase-inverted channels, streams, permissions ------------------------
+
+def _cut(path, fraction, out):
+    data = path.read_bytes()
+    out.write_bytes(data[: int(len(data) * fraction)])
+    return out
+
+
+@pytest.mark.parametrize("name, fraction", [("x.wav", 0.5), ("x.ogg", 0.9), ("x.ogg", 0.7)])
+def test_a_truncated_file_is_replayed_as_far_as_it_goes_then_raises(tmp_path, name, fraction, caplog):
+    from monitor.audio.io import AudioTruncatedError
+
+    full = _write(tmp_path / name, voiced(4.0), SAMPLE_RATE)
+    cut = _cut(full, fraction, tmp_path / f"cut-{name}")
+    source = FileSource(cut, realtime=False)
+    assert "truncated" in caplog.text  # said loudly when the file is opened
+    frames = []
+    with pytest.raises(AudioTruncatedError, match="truncated") as info:
+        for frame in source.frames():
+            frames.append(frame)
+    assert frames and info.value.seconds_read == pytest.approx(len(frames) * 0.03, abs=0.1)
+    assert info.value.seconds_read < 3.9
+
+
+def test_a_complete_file_is_not_called_truncated(tmp_path):
+    for name in ("x.wav", "x.ogg", "x.flac"):
+        path = _write(tmp_path / name, voiced(2.0), SAMPLE_RATE)
+        assert len(list(FileSource(path, realtime=False).frames())) == pytest.approx(2.0 / 0.03, abs=2)
+
+
+def test_phase_inverted_channels_do_not_cancel(tmp_path, caplog):
+    tone = voiced(2.0)
+    stereo = np.stack([tone, -tone], axis=1)  # a miswired microphone: the plain average is silence
+    stats = AudioStats()
+    audio = read_audio(_write(tmp_path / "inverted.wav", stereo, SAMPLE_RATE), stats)
+    assert np.sqrt(np.mean(audio ** 2)) == pytest.approx(np.sqrt(np.mean(tone ** 2)), rel=0.01)
+    assert stats.inverted_channels == [1] and "phase-inverted" in caplog.text
+    # Uncorrelated channels (two different talkers) are still simply averaged.
+    other = voiced(2.0, f0=210.0, seed=3)
+    mixed = read_audio(_write(tmp_path / "two.wav", np.stack([tone, other], axis=1), SAMPLE_RATE))
+    np.testing.assert_allclose(mixed, (tone + other) / 2, atol=2e-4)
+
+
+def _wav_bytes(audio, sr=SAMPLE_RATE, fmt="WAV"):
+    import io
+
+    buf = io.BytesIO()
+    sf.write(buf, audio, sr, format=fmt)
+    return buf.getvalue()
+
+
+def test_a_fifo_is_read_once_as_a_stream(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "live.fifo"
+    os.mkfifo(fifo)
+    payload = _wav_bytes(voiced(1.5))
+
+    def writer():
+        with open(fifo, "wb") as f:
+            f.write(payload)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    source = FileSource(fifo, realtime=False)  # opens the FIFO once (the writer connects)
+    frames = list(source.frames())
+    thread.join(5)
+    assert source.stream and len(frames) == pytest.approx(1.5 / 0.03, abs=2)
+
+
+def test_standard_input_is_a_stream(tmp_path, monkeypatch):
+    import io
+    import os
+    import threading
+
+    read_end, write_end = os.pipe()
+    payload = _wav_bytes(voiced(1.0), fmt="WAV")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(os.fdopen(read_end, "rb")))
+    thread = threading.Thread(target=lambda: (os.write(write_end, payload), os.close(write_end)), daemon=True)
+    thread.start()
+    source = FileSource("-", realtime=False)
+    assert source.description == "stdin"
+    assert len(list(source.frames())) == pytest.approx(1.0 / 0.03, abs=2)
+    thread.join(5)
+
+
+def test_a_stream_in_a_format_that_needs_seeking_is_refused_at_once(tmp_path, monkeypatch):
+    import io
+    import os
+    import threading
+
+    read_end, write_end = os.pipe()
+    payload = _wav_bytes(voiced(1.0), fmt="FLAC")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(os.fdopen(read_end, "rb")))
+    thread = threading.Thread(target=lambda: (os.write(write_end, payload), os.close(write_end)), daemon=True)
+    thread.start()
+    with pytest.raises(AudioInputError, match="stream"):
+        FileSource("-", realtime=False)
+    thread.join(5)
+
+
+def test_permission_denied_says_so(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    path = _write(tmp_path / "secret.wav", voiced(0.5), SAMPLE_RATE)
+    os.chmod(path, 0)
+    if os.geteuid() == 0:  # root reads anything: make the open fail as it would for anyone else
+        real_open = os.open
+
+        def denied(p, *args, **kwargs):
+            if str(p) == str(path):
+                raise PermissionError(errno.EACCES, "Permission denied", str(p))
+            return real_open(p, *args, **kwargs)
+
+        monkeypatch.setattr("monitor.audio.io.os.open", denied)
+    with pytest.raises(AudioInputError, match="permission denied"):
+        FileSource(path)

@@ -27,8 +27,11 @@ def test_replay_prints_points_within_the_clip(ravdess_clips, tiny_bundle):
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    points = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
-    assert points and all(p["type"] == "point" for p in points)
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    header, points = records[0], records[1:]
+    assert header["type"] == "session" and header["labels"] and header["model_id"] and header["source"]
+    assert points and all(p["type"] == "point" and p["session"] == header["session"] for p in points)
+    assert all(list(p["probabilities"]) == header["labels"] for p in points)  # every class, in label order
     for p in points:
         assert 0.0 <= p["t_start"] < p["t_end"] <= duration + 0.03
         assert -1 <= p["valence"] <= 1 and -1 <= p["arousal"] <= 1 and p["latency_ms"] >= 0
@@ -68,7 +71,7 @@ def test_silence_gives_a_clean_summary(tmp_path, tiny_bundle, capsys):
     code = main(["--input", str(tmp_path / "quiet.wav"), "--fast", "--model", str(tiny_bundle), "--jsonl", str(out),
                  "--summary-json", str(summary), *QUIET])
     assert code == EXIT_OK
-    assert out.read_text() == ""
+    assert [json.loads(line)["type"] for line in out.read_text().splitlines()] == ["session"]  # and no point
     data = json.loads(summary.read_text())
     assert data["points"] == 0 and data["segments"] == 0 and data["audio_seconds"] == pytest.approx(4.0, abs=0.03)
     assert "0 points" in capsys.readouterr().err
@@ -84,7 +87,7 @@ def test_odd_formats_and_damaged_samples_still_give_points(tmp_path, tiny_bundle
     summary = tmp_path / "summary.json"
     assert main(["--input", str(path), "--fast", "--model", str(tiny_bundle), "--jsonl", str(out),
                  "--summary-json", str(summary), *QUIET]) == EXIT_OK
-    points = [json.loads(line) for line in out.read_text().splitlines()]
+    points = [r for r in map(json.loads, out.read_text().splitlines()) if r["type"] == "point"]
     assert len(points) == 1 and 0.1 < points[0]["t_start"] < 0.6
     assert json.loads(summary.read_text())["repaired_samples"] > 0
 
@@ -123,12 +126,12 @@ def test_ctrl_c_ends_the_session_gracefully(ravdess_clips, tiny_bundle, tmp_path
         [sys.executable, "run_monitor.py", "--input", str(path), "--model", str(tiny_bundle), "--jsonl", str(out),
          "--summary-json", str(summary), *QUIET], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 2):
+    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 3):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    points = [json.loads(line) for line in out.read_text().splitlines()]
+    points = [r for r in map(json.loads, out.read_text().splitlines()) if r["type"] == "point"]
     data = json.loads(summary.read_text())
     assert 2 <= len(points) == data["points"] < 8  # ended early, nothing written was lost
     assert data["audio_seconds"] < len(long_audio) / 16000 - 3

@@ -1,6 +1,6 @@
 """Corpus adapters, label mapping and speaker-independent splits.
 
-EMOVO, JL-Corpus and RAVDESS run on the real clips in ../shared/data (skipped
+EMOVO, JL-Corpus and RAVDESS run on the real clips in ../shared/data or $MOOD_MONITOR_DATA (skipped
 with a reason when absent); IEMOCAP, MEAD, EmoDB and CREMA-D run on synthetic
 fixtures written in their real folder layout and naming conventions.
 """
@@ -31,15 +31,13 @@ from training.corpora import (
     with_folds,
 )
 from monitor.audio.io import read_audio
+from tests.conftest import DATA_ROOT, corpus_dir
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+DATA = DATA_ROOT  # ../shared/data, or $MOOD_MONITOR_DATA (tests/conftest.py)
 
 
 def _need(folder: str) -> Path:
-    path = DATA / folder
-    if not path.is_dir():
-        pytest.skip(f"real corpus not available: ../shared/data/{folder} (the shared data folder beside the repo)")
-    return path
+    return corpus_dir(folder)
 
 
 def _tone(path: Path, seconds: float = 0.3, sr: int = 16000, channels: int = 1, freq: float = 220.0, fmt=None):

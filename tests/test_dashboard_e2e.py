@@ -326,8 +326,11 @@ def test_history_view(playwright_api, tmp_path):
         wait_until(page, "document.querySelectorAll('#history-grid .day').length === 30", 20, "30 small multiples")
         page.fill("#history-patient", "nobody")
         page.click("#history-form button[type=submit]")
-        wait_until(page, "document.getElementById('history-msg').innerText.includes('0 sessions')", 20,
-                   "an empty history")
+        wait_until(page, "document.getElementById('history-msg').innerText.includes('No history')", 20,
+                   "an unknown patient's answer (404)")
+        assert "nobody" in page.inner_text("#history-msg")
+        # The browser reports every 404 answer on its console; that one is expected.
+        problems = [p for p in problems if "status of 404" not in p]
         page.screenshot(path=str(tmp_path / "history.png"), full_page=True)
         assert problems == [], problems
     finally:
@@ -335,3 +338,44 @@ def test_history_view(playwright_api, tmp_path):
             browser.close()
         server.close()
         store.close()
+
+
+def test_an_absurd_mark_time_cannot_freeze_the_page(playwright_api):
+    """A mark at t = 1e308 (from before the server bounded marks) made drawTimelines loop forever, for every viewer.
+
+    The mark is handed to the server the way the pipeline hands marks on, so it reaches the page in the
+    snapshot and live; the page must keep drawing, and the token must have left the address bar.
+    """
+    from monitor.live.events import Mark, Point, SessionInfo, Status
+    from monitor.live.heatmap import RollingHeatmap
+    from monitor.serve.server import DashboardServer, ServerConfig
+
+    session = SessionInfo(session_id="s-absurd", started_at=time.time(), model_id="m@1", model_version="1",
+                          device="cpu", labels=("neutral",), source="test")
+    server = DashboardServer(ServerConfig(port=0, token=TOKEN))
+    server.start(session, RollingHeatmap())
+    server.point(Point(0, 1.0, 3.0, 0.2, 0.1, 0.9, {"neutral": 0.9}, 40.0))
+    server.status(Status(t=12.0, speech_active=False, paused=False, frame_queue=0, segment_queue=0, result_queue=0,
+                         dropped_frames=0, failed_segments=0, segments=1, points=1, device="cpu"))
+    server.mark(Mark(t=1e308, text="far future", source="test"))
+    browser = None
+    problems: list[str] = []
+    try:
+        browser = playwright_api.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(15_000)  # a page stuck in a loop never answers evaluate()
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.goto(server.url)
+        wait_until(page, "document.getElementById('conn').dataset.state === 'live'", 20, "a live connection")
+        server.mark(Mark(t=2e308 / 2, text="another one, live", source="test"))
+        server.mark(Mark(t=5.0, text="a real mark", source="test"))
+        wait_until(page, "window.moodDashboard.state.marks.length >= 2", 10, "the live marks")
+        assert page.evaluate("1 + 1") == 2  # the page still runs its event loop
+        assert page.evaluate("window.moodDashboard.state.points.length") == 1
+        assert page.evaluate(CANVAS_LIT, "tl-valence") > 0
+        assert "token" not in page.evaluate("location.href")  # read once, then out of the address bar
+        assert problems == [], problems
+    finally:
+        if browser is not None:
+            browser.close()
+        server.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from monitor.history.database import Database
 from monitor.history.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,17 +37,20 @@ def long_recording(clips: list[Path], out: Path, n: int = 16, gap_s: float = 0.7
 
 
 def stored_indices(db: Path) -> set[int] | None:
-    """Read-only look at the database, as a dashboard in another process would have."""
+    """Look at the database as the app's readers do (the dashboard's history, the reports, in another process).
+
+    Through the store's own connection set-up (WAL, read-write): a ``mode=ro`` connection may not see the
+    write-ahead log's last commit, which would make the store look as if it trailed the JSONL output.
+    """
     if not db.exists():
         return None
+    database = Database(db)
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)
-        try:
-            return {r[0] for r in conn.execute("SELECT idx FROM points")}
-        finally:
-            conn.close()
+        return {r[0] for r in database.conn.execute("SELECT idx FROM points")}
     except sqlite3.Error:
         return None  # not created yet, or mid-creation
+    finally:
+        database.close()
 
 
 def emitted_points(jsonl: Path) -> list[dict]:

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -663,33 +662,157 @@ def test_linger_ends_by_itself(make_server):
 
 # ---- history endpoint ---------------------------------------------------------------------------
 
-def test_history_endpoint(make_server, monkeypatch):
-    calls = []
+def _history_store(tmp_path):
+    """A real store with one patient, one session and two points."""
+    from monitor.history.store import Store
 
-    def fake_history_json(store, patient_id, days=14):
-        calls.append((store, patient_id, days))
-        if patient_id == "nobody":
-            raise LookupError(patient_id)
-        return {"patient": patient_id, "days": [], "sessions": [], "scale_max": float("nan")}
+    store = Store.open(tmp_path / "store.sqlite")
+    session = SessionInfo(session_id="20260101T000000Z-aaaaaa", started_at=time.time() - 60, model_id="tiny@test",
+                          model_version="test", device="cpu", labels=("neutral", "happy"), source="test")
+    store.begin_session(session, "p one")
+    store.add_points(session.session_id, [make_point(0), make_point(1, valence=-0.4)])
+    store.end_session(session.session_id)
+    return store
 
-    # The real monitor.history.aggregate is another module's job; the endpoint only needs history_json from it.
-    monkeypatch.setitem(sys.modules, "monitor.history.aggregate", types.SimpleNamespace(history_json=fake_history_json))
+
+def test_history_endpoint_answers_from_the_real_store(make_server, tmp_path):
     no_store = make_server()
     status, headers, body = http_get(no_store, f"/api/history?patient=p1&token={TOKEN}")
     assert status == 404 and "no store" in json.loads(body)["error"]
 
-    store = object()
-    server = make_server(store=store)
-    assert http_get(server, "/api/history?patient=p1")[0] == 403
-    status, headers, body = http_get(server, f"/api/history?patient=p%20one&days=30&token={TOKEN}")
-    assert status == 200 and headers["Content-Type"] == "application/json"
-    assert json.loads(body) == {"patient": "p one", "days": [], "sessions": [], "scale_max": None}  # NaN -> null
-    assert calls == [(store, "p one", 30)]
-    assert http_get(server, f"/api/history?token={TOKEN}")[0] == 400
-    assert http_get(server, f"/api/history?patient=p1&days=0&token={TOKEN}")[0] == 400
-    assert http_get(server, f"/api/history?patient=p1&days=abc&token={TOKEN}")[0] == 400
-    assert http_get(server, f"/api/history?patient=nobody&token={TOKEN}")[0] == 404
-    assert http_get(server, "/api/history?patient=p1", {"Authorization": f"Bearer {TOKEN}"})[0] == 200
+    store = _history_store(tmp_path)
+    try:
+        server = make_server(store=store)
+        assert http_get(server, "/api/history?patient=p%20one")[0] == 403
+        status, headers, body = http_get(server, f"/api/history?patient=p%20one&days=30&token={TOKEN}")
+        assert status == 200 and headers["Content-Type"] == "application/json"
+        data = json.loads(body)
+        assert data["patient"] == "p one" and len(data["days"]) == 30
+        assert sum(d["metrics"]["points"] for d in data["days"]) == 2 and len(data["sessions"]) == 1
+        assert http_get(server, f"/api/history?token={TOKEN}")[0] == 400
+        assert http_get(server, f"/api/history?patient=p1&days=0&token={TOKEN}")[0] == 400
+        assert http_get(server, f"/api/history?patient=p1&days=abc&token={TOKEN}")[0] == 400
+        # An unknown patient is 404, as documented (not 200 with empty days).
+        status, _, body = http_get(server, f"/api/history?patient=nobody&token={TOKEN}")
+        assert status == 404 and "nobody" in json.loads(body)["error"]
+        assert http_get(server, "/api/history?patient=p%20one", {"Authorization": f"Bearer {TOKEN}"})[0] == 200
+    finally:
+        store.close()
+
+
+_LINGERING_MONITOR = """
+import atexit, sys, time
+from monitor.history.store import Store
+from monitor.live.events import SessionInfo
+from monitor.live.heatmap import HeatmapConfig, RollingHeatmap
+from monitor.serve.server import DashboardServer, ServerConfig
+
+store = Store.open(sys.argv[1])
+session = SessionInfo(session_id="20260101T000000Z-bbbbbb", started_at=time.time(), model_id="m", model_version="v",
+                      device="cpu", labels=("neutral",), source="test")
+store.begin_session(session, "p1")
+server = DashboardServer(ServerConfig(port=0, token="tok", linger_s=60), store=store)
+server.start(session, RollingHeatmap(HeatmapConfig()))
+server.close()  # with a linger: returns at once, an exit handler keeps the page served
+atexit.register(lambda: print("exiting", server.port, flush=True))  # runs before that handler
+"""
+
+
+def test_history_works_while_a_finished_session_lingers(tmp_path):
+    """The program has returned and the interpreter is shutting down; the lingering page's history still works."""
+    import signal
+
+    from tests.conftest import REPO
+
+    proc = subprocess.Popen([sys.executable, "-c", _LINGERING_MONITOR, str(tmp_path / "s.sqlite")], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("exiting"), proc.stderr.read() if proc.poll() is not None else line
+        port = int(line.split()[1])
+        time.sleep(0.3)
+        url = f"http://127.0.0.1:{port}/api/history?patient=p1&days=3&token=tok"
+        with urllib.request.urlopen(url, timeout=10) as res:
+            assert res.status == 200 and json.loads(res.read())["patient"] == "p1"
+        with urllib.request.urlopen(url, timeout=10) as res:  # and again: nothing was used up
+            assert res.status == 200
+        proc.send_signal(signal.SIGINT)  # Ctrl-C ends the linger
+        _, err = proc.communicate(timeout=30)
+        assert "cannot schedule new futures" not in err and "Traceback" not in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_mark_times_are_bounded_by_the_session(make_server):
+    """A mark far in the future (t = 1e308) froze every page that drew it: the server refuses it."""
+    server = make_server()
+    server.controls.session_time = 100.0
+
+    async def main():
+        ws, _, _ = await open_client(server)
+        replies = []
+        for t in (1e308, 100.0 + 3600, 2**60, int("9" * 400)):
+            await ws.send(json.dumps({"type": "mark", "text": "far away", "t": t}))
+            replies.append(await recv_type(ws, "error"))
+        await ws.send(json.dumps({"type": "mark", "text": "just now", "t": 100.5, "id": "ok"}))
+        ack = await recv_type(ws, "ack")
+        late, _, snap = await open_client(server)
+        await ws.close()
+        await late.close()
+        return replies, ack, snap
+
+    replies, ack, snap = asyncio.run(main())
+    assert [r["code"] for r in replies] == ["bad_field"] * 4
+    assert ack["mark"]["t"] == 100.5
+    assert [m["t"] for m in snap["marks"]] == [100.5] and [m.t for m in server.controls.marks] == [100.5]
+
+
+def test_huge_integers_are_bad_fields_not_internal_errors(make_server, caplog):
+    server = make_server()
+    huge = "9" * 400
+
+    async def main():
+        ws, _, _ = await open_client(server)
+        replies = []
+        for raw in (f'{{"type": "ping", "t": {huge}}}', f'{{"type": "mark", "text": "x", "t": {huge}}}',
+                    f'{{"type": "ping", "id": {huge}}}', f'{{"type": "ping", "t": -{huge}}}'):
+            await ws.send(raw)
+            replies.append(await recv_type(ws, "error"))
+        await ws.close()
+        return replies
+
+    replies = asyncio.run(main())
+    assert [r["code"] for r in replies] == ["bad_field"] * 4
+    assert "Traceback" not in caplog.text and "handling a client message failed" not in caplog.text
+
+
+def test_the_token_stays_out_of_request_logs(make_server, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="monitor.serve.server.websockets")  # as with -v
+    server = make_server()
+    assert http_get(server, f"/?token={TOKEN}")[0] == 200
+    assert http_get(server, "/api/history?patient=x", {"Authorization": f"Bearer {TOKEN}"})[0] == 404
+
+    async def main():
+        ws, _, _ = await open_client(server)
+        await ws.close()
+
+    asyncio.run(main())
+    server_lines = [r.getMessage() for r in caplog.records if r.name.startswith("monitor.")]  # not the test's client
+    assert any("GET /" in line for line in server_lines)  # the request lines are logged at DEBUG ...
+    assert not any(TOKEN in line for line in server_lines)  # ... without the token
+
+
+def test_redact():
+    from monitor.serve.server import redact
+
+    assert redact("< GET /ws?token=abc-123&x=1 HTTP/1.1") == "< GET /ws?token=[redacted]&x=1 HTTP/1.1"
+    assert redact("< Authorization: Bearer abc") == "< Authorization: [redacted]"
+    assert redact("nothing secret") == "nothing secret"
 
 
 # ---- protocol module and its documentation --------------------------------------------------------

@@ -210,7 +210,8 @@ def test_replay_never_uses_enrolment_clips_for_evaluation():
     seen = []
 
     def predict(raw, baseline):
-        seen.append((raw[:, 0].tolist(), None if baseline is None else float(np.asarray(baseline)[0])))
+        seen.append((raw[:, 0].tolist(), None if baseline is None else float(baseline.mean[0])))
+        assert baseline is None or baseline.composition  # the enrolment says what speech it is
         return np.tile([[0.5, 0.5]], (len(raw), 1)), np.zeros((len(raw), 2))
 
     res = replay_sessions(X, labels, speakers, predict, "enrolment")
@@ -218,3 +219,34 @@ def test_replay_never_uses_enrolment_clips_for_evaluation():
     evaluated = {v for rows, _ in seen for v in rows}
     assert evaluated == {2.0, 3.0, 4.0, 6.0}  # never the neutral/calm clips 0, 1, 5
     assert {b for _, b in seen} == {0.5, 5.0}  # speaker a: mean of clips 0 and 1; speaker b: clip 5
+
+
+def test_enrolment_maps_like_to_like_a_neutral_intake_onto_the_populations_neutral_speech():
+    """A neutral-only baseline must not be mapped onto a neutral/calm mixture (that moved neutral toward calm)."""
+    rng = np.random.default_rng(0)
+    neutral, calm = np.array([0.0, 0.0]), np.array([4.0, -2.0])
+    X, labels, speakers = [], [], []
+    for s, offset in (("a", 1.0), ("b", -1.0), ("c", 3.0)):
+        for label, centre, n in (("neutral", neutral, 4), ("calm", calm, 8), ("sad", np.array([-3.0, -1.0]), 6)):
+            X.append(centre + offset + rng.normal(0, 0.1, (n, 2)))
+            labels += [label] * n
+            speakers += [s] * n
+    X = np.concatenate(X)
+    normalizer, _ = fit_normalizer(X, np.array(labels), np.array(speakers), "enrolment")
+    # a new speaker, +5 off the population, enrolled from neutral speech only (an intake reading)
+    intake = SpeakerBaseline(mean=neutral + 5.0, n_segments=10, seconds=30.0, model_id="m",
+                             composition={"neutral": 1.0})
+    shifted = normalizer.apply((neutral + 5.0)[None], intake)
+    population_neutral = normalizer.apply(normalizer.references_["neutral"][None])
+    np.testing.assert_allclose(shifted, population_neutral, atol=1e-6)
+    # a baseline recorded before compositions existed keeps the old mapping (the neutral/calm mean)
+    legacy = SpeakerBaseline(mean=neutral + 5.0, n_segments=10, seconds=30.0, model_id="m")
+    np.testing.assert_allclose(normalizer.speaker_offset(legacy), normalizer.reference_ - (neutral + 5.0))
+    again = SpeakerBaseline.from_json(intake.to_json())
+    assert again.composition == {"neutral": 1.0} and SpeakerBaseline.from_json(legacy.to_json()).composition is None
+    # and the per-emotion references travel with the normaliser's state
+    from calibration.speaker import FeatureNormalizer
+
+    params, arrays = normalizer.to_state()
+    restored = FeatureNormalizer.from_state(params, arrays)
+    np.testing.assert_allclose(restored.target({"neutral": 1.0}), normalizer.references_["neutral"])

@@ -17,11 +17,12 @@ import pytest
 import soundfile as sf
 import torch
 
+from tests.conftest import DATA_ROOT, corpus_dir
 from training.augment import Augmentation
 from training.sampling import BalancedSampler, sample_weights
 from training.train import TrainConfig, Trainer, fit_temperature, predict_head, train_head
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+DATA = DATA_ROOT  # ../shared/data, or $MOOD_MONITOR_DATA (tests/conftest.py)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -34,10 +35,7 @@ def _one_torch_thread():
 
 
 def _need(folder: str) -> Path:
-    path = DATA / folder
-    if not path.is_dir():
-        pytest.skip(f"real corpus not available: ../shared/data/{folder}")
-    return path
+    return corpus_dir(folder)
 
 
 # ----------------------------------------------------------------------------- command line and settings
@@ -48,7 +46,9 @@ SETTING_FLAGS = ["--feature-set", "ComParE_2016", "--normalization", "population
                  "--weight-decay", "0.01", "--feature-noise", "0.2", "--label-smoothing", "0.1", "--hidden-dims", "64",
                  "32", "--mixup", "0.2", "--patience", "4", "--select", "loss", "--ema", "0.9", "--estimate-baselines",
                  "--trim", "--no-temperature", "--reducer-align", "similarity", "--reducer-align-on", "train",
-                 "--reducer-fast-neighbors", "30", "--reducer-n-neighbors", "15", "--reducer-target-weight", "0.2"]
+                 "--reducer-fast-neighbors", "30", "--reducer-n-neighbors", "15", "--reducer-target-weight", "0.2",
+                 "--units", "segments", "--whisper-source", "openai/whisper-small", "--whisper-input", "padded",
+                 "--layer-mix", "mean"]
 SETTINGS_COMMANDS = {"build": ["--out", "x"], "evaluate": [], "experiment": [], "ablate": ["--tag", "t"]}
 
 
@@ -87,12 +87,15 @@ def test_build_evaluate_experiment_and_ablate_resolve_the_same_settings():
     assert given.augment == ("noise", "gain+reverb") and given.hidden_dims == (64, 32)
     assert not given.calibrate and given.trim and given.estimate_baselines and given.reducer_align == "similarity"
     assert given.reducer_params == {"fast_neighbors": 30, "n_neighbors": 15, "target_weight": 0.2}
-    assert [f for f in asdict(given) if asdict(given)[f] == asdict(Settings())[f]] == ["model", "ensemble"]
+    assert [f for f in asdict(given) if asdict(given)[f] == asdict(Settings())[f]] == ["model", "ensemble", "backbone"]
 
 
 def test_backbone_defaults_are_resolved_in_one_place():
     wavlm = _settings(["build", "--out", "x", "--backbone", "wavlm"])
     assert (wavlm.normalization, wavlm.epochs, wavlm.batch_size, wavlm.head_lr) == ("population", 20, 8, 1e-4)
+    whisper = _settings(["experiment", "--backbone", "whisper"])
+    assert (whisper.backbone, whisper.units, whisper.normalization) == ("whisper", "segments", "enrolment")
+    assert _settings(["experiment", "--backbone", "whisper", "--units", "clips"]).units == "clips"
     assert _settings(["build", "--out", "x", "--backbone", "wavlm", "--normalization", "none"]).normalization == "none"
     # the wavlm path has no feature noise or mixup (they act on cached features) and no 10-epoch minimum
     config = wavlm.train_config("wavlm", seed=3, encoder_lr=2e-5)
@@ -104,15 +107,20 @@ def test_backbone_defaults_are_resolved_in_one_place():
 def test_the_shipped_models_command_still_gives_its_recorded_settings_and_train_config():
     """The command line stored in the shipped bundle, parsed today, gives the settings and the TrainConfig it was
     trained with (so `python -m training build` with the model card's command rebuilds the same model)."""
-    from monitor.model.bundle import default_bundle_path
+    from monitor.model.bundle import SHIPPED_BUNDLES
+    from training.settings import Settings
 
-    meta = json.loads((default_bundle_path() / "bundle.json").read_text())
+    meta = json.loads((SHIPPED_BUNDLES["egemaps"] / "bundle.json").read_text())
     prov = meta["provenance"]
     argv = shlex.split(prov["command"])
     assert argv[:4] == ["python", "-m", "training", "build"]
     settings = _settings(argv[3:])
     recorded = {k: v for k, v in prov["config"].items() if k not in ("train", "val_speakers", "reducer")}
-    assert settings.to_json() == recorded
+    now = settings.to_json()
+    assert {k: now[k] for k in recorded} == recorded
+    # settings added since the bundle was built keep, at their defaults, what it was trained with
+    assert {k: v for k, v in now.items() if k not in recorded} == {
+        k: v for k, v in Settings().to_json().items() if k not in recorded}
     assert json.loads(json.dumps(asdict(settings.train_config("egemaps")))) == prov["config"]["train"]
     card = (Path(__file__).resolve().parents[1] / "docs" / "model_card.md").read_text()
     command = card.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from training.experiments import PROTOCOLS
-from training.settings import FEATURE_SETS, Settings, add_setting_args, settings_from_args
+from training.settings import Settings, add_setting_args, settings_from_args
 
 if TYPE_CHECKING:
     from calibration.speaker import FeatureNormalizer
@@ -132,6 +132,7 @@ bundle's reducer on exported embeddings instead: python -m calibration.evaluate.
     "extract": """Examples
   python -m training extract --corpora ravdess emovo jl
   python -m training extract --variants clean noise reverb noise+reverb --feature-set ComParE_2016
+  python -m training extract --backbone whisper --variants clean room      # live-VAD segments, Whisper layers
 """,
 }
 
@@ -265,9 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = command("extract", "fill the feature cache")
     _add_data_args(t)
-    t.add_argument("--feature-set", default="eGeMAPSv02", choices=FEATURE_SETS, help="(default: %(default)s)")
+    add_setting_args(t)
     t.add_argument("--variants", nargs="+", default=["clean"],
-                   help="clean, noise, gain, speed, reverb, noise+reverb, ... (default: clean)")
+                   help="clean, or augmentations such as room, noise, reverb, noise+reverb (default: clean)")
     return p
 
 
@@ -291,13 +292,12 @@ def _features(args: argparse.Namespace, manifest: Manifest, settings: Settings,
               progress: bool = True) -> tuple[np.ndarray, Manifest, list[np.ndarray]]:
     from training.features import feature_matrices
 
-    return feature_matrices(manifest, settings.feature_set, settings.augment, trim=settings.trim, cache=args.cache,
-                            progress=progress)
+    return feature_matrices(manifest, settings, cache=args.cache, progress=progress)
 
 
 def _features_only(args: argparse.Namespace) -> None:
-    if args.backbone != "egemaps":
-        raise SystemExit(f"{args.command} runs on cached openSMILE features (--backbone egemaps); "
+    if args.backbone == "wavlm":
+        raise SystemExit(f"{args.command} runs on cached features (--backbone egemaps or whisper); "
                          "for wavlm, build with held-out splits and read the bundle's metrics")
 
 
@@ -323,12 +323,19 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from training.augment import Augmentation
     from training.features import extract, make_featurizer
 
+    _features_only(args)
+    settings = settings_from_args(args)
     manifest = _manifest(args)
-    featurizer = make_featurizer(args.feature_set)
+    if settings.units == "segments":
+        from training.segments import segment_manifest
+
+        manifest = segment_manifest(manifest, cache=Path(args.cache))
+    featurizer = make_featurizer(settings.feature_set, settings.backbone, settings.whisper_source,
+                                 settings.whisper_input)
     for variant in args.variants:
         aug = None if variant == "clean" else Augmentation.from_spec(variant)
         table = extract(manifest, featurizer, augmentation=aug, cache=args.cache)
-        print(f"{args.feature_set} [{variant}]: {table.X.shape[0]} clips, {len(table.failed)} failed")
+        print(f"{featurizer.name} [{variant}]: {table.X.shape[0]} items, {len(table.failed)} failed")
     return 0
 
 
@@ -440,7 +447,7 @@ class _Trained:
     embeddings: np.ndarray  # of every clip of the manifest
     probabilities: np.ndarray
     validation: dict[str, Any]  # metrics on the early-stopping speakers
-    layer_logits: Any = None
+    backbone_state: dict[str, Any] | None = None
     encoder: Any = None
     config_extra: dict[str, Any] = field(default_factory=dict)
 
@@ -490,7 +497,7 @@ def _finish(args: argparse.Namespace, settings: Settings, manifest: Manifest, va
                       extra={"skipped_files": len(manifest.skipped)})
     bundle = make_bundle(backbone_spec=t.backbone_spec, labels=t.labels, head=t.head, normalizer=t.normalizer,
                          reducer=reducer, anchor_set="all", name=args.name or out.name, version=args.version,
-                         provenance=prov, metrics=metrics, layer_logits=t.layer_logits, encoder=t.encoder)
+                         provenance=prov, metrics=metrics, backbone_state=t.backbone_state, encoder=t.encoder)
     bundle.save(out)
     print(json.dumps({"bundle": str(out), "model_id": bundle.model_id, **validation}, indent=1))
     if "held_out" in metrics:
@@ -514,14 +521,19 @@ def _build_features(args: argparse.Namespace, manifest: Manifest, settings: Sett
     import torch
 
     from calibration.metrics import uar
-    from training.experiments import FittedModel, predict_clips, training_rows, validation_rows
+    from training.experiments import FittedModel, fit_mix, predict_clips, training_rows, validation_rows
     from training.train import train_head
 
     torch.set_num_threads(1)  # a small head on features: extra threads only contend
-    X, manifest, X_aug = _features(args, manifest, settings)
+    X_raw, manifest, X_aug_raw = _features(args, manifest, settings)
     val = _val_mask(manifest, args.val_speakers)
     tr = ~val
     manifest = _mark_splits(manifest, val, work)
+    X, X_aug, mix = X_raw, X_aug_raw, None
+    if X_raw.ndim == 3:  # a layer-weighted backbone: its layer weights are fitted on the training rows
+        mix = fit_mix(X_raw, X_aug_raw, manifest, tr, settings, args.seed)
+        X, X_aug = mix.transform(X_raw), [mix.transform(a) for a in X_aug_raw]
+        log.info("layer weights: %s", mix.summary()["layer_weights"])
     labels = sorted(set(manifest.labels[tr].tolist()))
     normalizer, Xtr, ytr, ctr = training_rows(X, manifest, tr, labels, settings, X_aug)
     Xv, yv, keep = validation_rows(normalizer, X[val], manifest[val], labels, settings.normalization)
@@ -536,10 +548,20 @@ def _build_features(args: argparse.Namespace, manifest: Manifest, settings: Sett
     assert emb is not None  # a head has embeddings
     validation = {"val_uar": uar(manifest.labels[val][keep], np.asarray(labels)[probs[val][keep].argmax(1)]),
                   "val_best_epoch": result.best_epoch, "temperature": result.temperature}
-    spec = {"kind": "egemaps", "feature_set": settings.feature_set, "feature_dim": int(X.shape[1])}
-    trained = _Trained(labels, head, normalizer, config, spec, emb, probs, validation)
-    held_out = (lambda: _evaluate_metrics(args, X, manifest, settings, X_aug)) if args.evaluate else None
+    trained = _Trained(labels, head, normalizer, config, _feature_spec(settings, X), emb, probs, validation,
+                       backbone_state=mix.backbone_state() if mix is not None else None,
+                       config_extra=mix.summary() if mix is not None else {})
+    held_out = (lambda: _evaluate_metrics(args, X_raw, manifest, settings, X_aug_raw)) if args.evaluate else None
     return _finish(args, settings, manifest, val, trained, out, work, held_out)
+
+
+def _feature_spec(settings: Settings, X: np.ndarray) -> dict[str, Any]:
+    """The bundle's backbone spec for a features-path build."""
+    if settings.backbone == "whisper":
+        from monitor.model.whisper import WhisperBackbone
+
+        return WhisperBackbone.from_pretrained(settings.whisper_source, input_mode=settings.whisper_input).spec()
+    return {"kind": "egemaps", "feature_set": settings.feature_set, "feature_dim": int(X.shape[1])}
 
 
 def _build_wavlm(args: argparse.Namespace, manifest: Manifest, settings: Settings, out: Path, work: Path) -> int:
@@ -576,7 +598,8 @@ def _build_wavlm(args: argparse.Namespace, manifest: Manifest, settings: Setting
     validation = {"val_uar": result.best_score, "val_best_epoch": result.best_epoch,
                   "temperature": result.temperature, "steps": result.steps}
     trained = _Trained(labels, head, normalizer, config, spec, emb, probs, validation,
-                       layer_logits=backbone.layer_logits, encoder=encoder, config_extra={"finetune": args.finetune})
+                       backbone_state=backbone.bundle_state(), encoder=encoder,
+                       config_extra={"finetune": args.finetune})
     return _finish(args, settings, manifest, val, trained, out, work)
 
 

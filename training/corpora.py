@@ -56,11 +56,24 @@ class Item:
     gender: str = ""
     utterance: str = ""
     sentence: str = ""
+    # a speech segment of the clip (training.segments): its span in seconds and the clip's key; NaN/"": the clip
+    start: float = math.nan
+    end: float = math.nan
+    clip: str = ""
 
     @property
     def key(self) -> str:
-        """A stable identifier: corpus + utterance id (or file name)."""
+        """A stable identifier: corpus + utterance id (or file name); a segment adds its number."""
         return f"{self.corpus}:{self.utterance or Path(self.path).stem}"
+
+    @property
+    def clip_key(self) -> str:
+        """The key of the clip this item is (or is a segment of): what clip-level scores group by."""
+        return self.clip or self.key
+
+    @property
+    def is_segment(self) -> bool:
+        return not math.isnan(self.start)
 
 
 @dataclass
@@ -100,7 +113,7 @@ class Manifest:
     # ---- columns ------------------------------------------------------------------
     def column(self, name: str) -> np.ndarray:
         values = [getattr(item, name) for item in self.items]
-        if name in ("valence", "arousal", "dominance"):
+        if name in ("valence", "arousal", "dominance", "start", "end"):
             return np.asarray(values, dtype=np.float64)
         return np.asarray(values, dtype=str) if values else np.zeros(0, dtype=str)
 
@@ -123,6 +136,16 @@ class Manifest:
     @property
     def keys(self) -> np.ndarray:
         return np.asarray([item.key for item in self.items], dtype=str)
+
+    @property
+    def clips(self) -> np.ndarray:
+        """The clip each item belongs to (its own key for whole clips)."""
+        return np.asarray([item.clip_key for item in self.items], dtype=str)
+
+    @property
+    def durations(self) -> np.ndarray:
+        """Seconds of each segment (NaN for whole clips, whose length is not read here)."""
+        return np.asarray([item.end - item.start for item in self.items], dtype=np.float64)
 
     def where(self, predicate: Callable[[Item], bool]) -> "Manifest":
         return Manifest([item for item in self.items if predicate(item)], list(self.skipped))

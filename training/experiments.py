@@ -12,6 +12,18 @@ Protocols (all speaker- or corpus-independent):
 - ``corpus:ravdess``: train EMOVO + JL, test RAVDESS. RAVDESS ``calm`` has no
   training class here; it is scored as ``neutral`` (``uar``) and also as a
   class of its own that is never predicted (``uar_strict``).
+- ``corpus:jl``: train RAVDESS + EMOVO, test JL-Corpus (New Zealand English;
+  ``excited`` has no training class: it counts in the CCCs, not in the UAR).
+  With the two above, the leave-one-corpus-out view that selects models.
+
+When the items are speech segments (``--units segments``), every metric is
+computed per clip from the duration-weighted mean of its segments' points and
+probabilities, as a clinician reads a recording; ``seg_*`` columns give the
+segment-level UAR and CCCs. ``valence_bias`` is the mean predicted valence
+minus the mean anchor valence of the test clips (a lean toward "unpleasant"
+is negative), ``neutral_v``/``neutral_a`` the centroid of the neutral clips.
+With enrolment normalisation the same metrics are also reported for speakers
+who were never enrolled (``unenrolled_*``): what a new patient gets.
 
 Metrics on the test clips: UAR over the test corpus's classes (arg-max over
 the classes the test corpus uses), weighted accuracy, anchor CCC of valence and
@@ -35,7 +47,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
+from dataclasses import replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -44,14 +58,17 @@ from calibration.anchors import get_anchor_set
 from calibration.metrics import (anchor_agreement, boundary_share, expected_anchor, intensity_check,
                                  restricted_predictions, uar, weighted_accuracy)
 from calibration.speaker import (BASELINE_EMOTIONS, FeatureNormalizer, SpeakerBaseline, baselines_from_clips,
-                                 fit_normalizer, normalize_speakers)
+                                 composition_of, fit_normalizer, normalize_speakers)
 from training.corpora import ANCHOR_SET_OF, Manifest, speaker_folds
+from training.layermix import LayerMix, fit_layer_mix
 from training.mood import persistent_mood_scores, replay_sessions
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("speakers", "corpus:emovo", "corpus:ravdess")
+PROTOCOLS = ("speakers", "corpus:emovo", "corpus:ravdess", "corpus:jl")
+#: The leave-one-corpus-out protocols (model selection averages over them).
+LOCO = ("corpus:emovo", "corpus:ravdess", "corpus:jl")
 ANCHORS = dict(get_anchor_set("all").anchors)
 #: One fold's result: protocol, fold, seed and the metrics (floats).
 Row = dict[str, Any]
@@ -159,28 +176,37 @@ def fit_model(X: np.ndarray, manifest: Manifest, settings: Settings, val_mask: n
 
 
 def loo_baselines(X: np.ndarray, labels: np.ndarray, speakers: np.ndarray,
-                  emotions: Sequence[str] = BASELINE_EMOTIONS) -> list[np.ndarray | None]:
-    """Per clip: the mean of its speaker's neutral/calm clips, leaving the clip itself out."""
-    out: list[np.ndarray | None] = [None] * len(X)
+                  emotions: Sequence[str] = BASELINE_EMOTIONS, clips: np.ndarray | None = None
+                  ) -> list[SpeakerBaseline | None]:
+    """Per row: the mean of its speaker's neutral/calm rows, leaving out the rows of its own clip.
+
+    ``clips`` groups rows (a clip's segments); without it every row is its own clip.
+    """
+    clips = np.arange(len(X)).astype(str) if clips is None else np.asarray(clips)
+    out: list[SpeakerBaseline | None] = [None] * len(X)
     for spk in np.unique(speakers):
         idx = np.flatnonzero(speakers == spk)
         base = idx[np.isin(labels[idx], list(emotions))]
         if base.size == 0:
             continue
-        total = X[base].sum(axis=0)
-        for i in idx:
-            if i in base:
-                out[i] = (total - X[i]) / (base.size - 1) if base.size > 1 else None
-            else:
-                out[i] = total / base.size
+        for clip in np.unique(clips[idx]):
+            rows = idx[clips[idx] == clip]
+            others = base[clips[base] != clip]
+            if not others.size:
+                continue
+            baseline = SpeakerBaseline(mean=X[others].mean(axis=0), n_segments=int(others.size), seconds=0.0,
+                                       model_id="", composition=composition_of(labels[others]))
+            for i in rows:
+                out[i] = baseline
     return out
 
 
 def predict_clips(model: FittedModel, X: np.ndarray, manifest: Manifest,
                   normalization: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Probabilities and embeddings of test clips, each with its (leave-one-out) enrolment baseline."""
+    """Probabilities and embeddings of test items, each with its (leave-one-clip-out) enrolment baseline;
+    ``normalization="unenrolled"``: no baseline for anyone (population statistics, as for a new patient)."""
     if normalization == "enrolment":
-        bases = loo_baselines(X, manifest.labels, manifest.speakers)
+        bases = loo_baselines(X, manifest.labels, manifest.speakers, clips=manifest.clips)
     else:
         bases = [None] * len(X)
     xn = np.stack([model.normalizer.apply(X[i:i + 1], bases[i])[0] for i in range(len(X))])
@@ -194,27 +220,71 @@ def points_from(model: FittedModel, probs: np.ndarray, emb: np.ndarray | None, r
     return expected_anchor(probs, model.labels, ANCHORS)
 
 
+def clip_level(manifest: Manifest, probs: np.ndarray, points: np.ndarray
+               ) -> tuple[Manifest, np.ndarray, np.ndarray]:
+    """Segments averaged back into their clips, weighted by duration (whole clips pass through)."""
+    if not len(manifest) or not manifest[0].is_segment:
+        return manifest, probs, points
+    clips = manifest.clips
+    weights = np.maximum(manifest.durations, 1e-3)
+    order = list(dict.fromkeys(clips.tolist()))
+    items, p_out, q_out = [], [], []
+    for clip in order:
+        rows = np.flatnonzero(clips == clip)
+        w = weights[rows] / weights[rows].sum()
+        items.append(replace(manifest[int(rows[0])], start=math.nan, end=math.nan, utterance="", clip=""))
+        p_out.append(w @ probs[rows])
+        q_out.append(w @ points[rows])
+    return Manifest(items, list(manifest.skipped)), np.asarray(p_out), np.asarray(q_out)
+
+
 def score(model: FittedModel, probs: np.ndarray, points: np.ndarray, manifest: Manifest,
           test_corpus: str) -> dict[str, float]:
-    """The metrics of one test set (UAR over the test corpus's classes, CCC, boundary, ECE, intensity)."""
+    """The metrics of one test set: clip-level (segments averaged back), plus ``seg_*`` for segments."""
+    out: dict[str, float] = {}
+    if len(manifest) and manifest[0].is_segment:
+        seg = _score_items(model, probs, points, manifest, test_corpus)
+        out.update({f"seg_{k}": seg[k] for k in ("uar", "ccc_valence", "ccc_arousal")})
+        manifest, probs, points = clip_level(manifest, probs, points)
+    out.update(_score_items(model, probs, points, manifest, test_corpus))
+    out.update(lean(points, manifest.labels))
+    return out
+
+
+def lean(points: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Where a speaker's "nothing special" lands: the valence bias and the neutral clips' centroid."""
+    anchors = np.asarray([ANCHORS[c] for c in labels], dtype=np.float64)
+    out = {"valence_bias": float(points[:, 0].mean() - anchors[:, 0].mean()),
+           "arousal_bias": float(points[:, 1].mean() - anchors[:, 1].mean())}
+    neutral = labels == "neutral"
+    if neutral.any():
+        centre = points[neutral].mean(axis=0)
+        out.update(neutral_v=float(centre[0]), neutral_a=float(centre[1]), neutral_r=float(np.hypot(*centre)))
+    return out
+
+
+def _score_items(model: FittedModel, probs: np.ndarray, points: np.ndarray, manifest: Manifest,
+                 test_corpus: str) -> dict[str, float]:
+    """UAR over the test corpus's classes the model knows, CCC, boundary, ECE, intensity."""
     labels = manifest.labels
     allowed = list(get_anchor_set(ANCHOR_SET_OF[test_corpus]).labels)
     truth = labels.copy()
     scored_allowed = [c for c in allowed if c in model.labels]
     if "calm" in allowed and "calm" not in model.labels:  # corpus:ravdess, calm scored as neutral
         truth = np.where(truth == "calm", "neutral", truth)
-    pred = restricted_predictions(probs, model.labels, scored_allowed)
-    out = {"uar": uar(truth, pred), "wa": weighted_accuracy(truth, pred),
+    known = np.isin(truth, scored_allowed)  # a class no training corpus has (JL's excited) cannot be recalled
+    pred = restricted_predictions(probs[known], model.labels, scored_allowed)
+    out = {"uar": uar(truth[known], pred), "wa": weighted_accuracy(truth[known], pred),
            "uar_unrestricted": uar(labels, np.asarray(model.labels)[np.argmax(probs, axis=1)])}
     if not np.array_equal(truth, labels):
-        out["uar_strict"] = uar(labels, pred)
+        out["uar_strict"] = uar(labels[known], pred)
     ccc = anchor_agreement(points, labels, ANCHORS)
     out["ccc_valence"], out["ccc_arousal"] = ccc["valence"], ccc["arousal"]
     out["boundary"] = boundary_share(points)
-    known = np.isin(labels, model.labels)
-    if known.any():
-        targets = np.asarray([model.labels.index(c) for c in labels[known]])
-        out["ece"] = expected_calibration_error(probs[known], targets)
+    in_model = np.isin(labels, model.labels)
+    if in_model.any():
+        targets = np.asarray([model.labels.index(c) for c in labels[in_model]])
+        out["ece"] = expected_calibration_error(probs[in_model], targets)
     if test_corpus == "ravdess":
         inten = intensity_check(points[:, 1], manifest.column("intensity"), manifest.speakers,
                                 manifest.column("sentence"), labels)
@@ -279,7 +349,8 @@ def protocol_splits(manifest: Manifest, protocol: str) -> list[tuple[str, np.nda
 def available_protocols(manifest: Manifest) -> list[str]:
     """The protocols whose corpora are in the manifest (speakers: RAVDESS; corpus:*: RAVDESS and EMOVO)."""
     present = set(manifest.corpora.tolist())
-    needs = {"speakers": {"ravdess"}, "corpus:emovo": {"ravdess", "emovo"}, "corpus:ravdess": {"ravdess", "emovo"}}
+    needs = {"speakers": {"ravdess"}, "corpus:emovo": {"ravdess", "emovo"}, "corpus:ravdess": {"ravdess", "emovo"},
+             "corpus:jl": {"ravdess", "emovo", "jl"}}
     return [p for p in PROTOCOLS if needs[p] <= present]
 
 
@@ -288,6 +359,9 @@ def _fold_row(X: np.ndarray, manifest: Manifest, split: tuple[str, np.ndarray, n
               mood_control: bool) -> Row:
     """Fit one fold of a protocol and score its test clips: the metrics of a row."""
     _, tr, val, test = split
+    if X.ndim == 3:  # per-layer features: the layer weights are fitted on this fold's training rows only
+        mix = fit_mix(X, X_aug, manifest, tr, settings, seed)
+        X, X_aug = mix.transform(X), [mix.transform(Xa) for Xa in X_aug]
     fit_rows = tr | val
     model = fit_model(X[fit_rows], manifest[fit_rows], settings, val_mask=val[fit_rows],
                       X_aug=[Xa[fit_rows] for Xa in X_aug], seed=seed)
@@ -302,6 +376,10 @@ def _fold_row(X: np.ndarray, manifest: Manifest, split: tuple[str, np.ndarray, n
                                  **params)
     points = points_from(model, probs, emb, reducer)
     row: Row = dict(score(model, probs, points, test_m, test_corpus))
+    if settings.normalization == "enrolment":  # the same speakers, never enrolled
+        probs_u, emb_u = predict_clips(model, X[test], test_m, "unenrolled")
+        row.update({f"unenrolled_{k}": v for k, v in
+                    score(model, probs_u, points_from(model, probs_u, emb_u, reducer), test_m, test_corpus).items()})
     if mood:
         pm = persistent_mood(model, X[test], test_m, settings.normalization, reducer, seed=seed)
         row.update({f"mood_{k}": v for k, v in pm.items() if k.endswith("ratio")})
@@ -309,6 +387,16 @@ def _fold_row(X: np.ndarray, manifest: Manifest, split: tuple[str, np.ndarray, n
             pm = persistent_mood(model, X[test], test_m, "self", reducer, seed=seed)
             row.update({f"mood_self_{k}": v for k, v in pm.items()})
     return row
+
+
+def fit_mix(X: np.ndarray, X_aug: Sequence[np.ndarray], manifest: Manifest, tr: np.ndarray, settings: Settings,
+            seed: int) -> LayerMix:
+    """Layer statistics and weights from the training rows (and their augmented copies) of per-layer features."""
+    layers = np.concatenate([X[tr], *(Xa[tr] for Xa in X_aug)])
+    copies = 1 + len(X_aug)
+    return fit_layer_mix(layers, np.tile(manifest.labels[tr], copies).tolist(),
+                         np.tile(manifest.corpora[tr], copies).tolist(), mode=settings.layer_mix,
+                         balance=settings.balance, seed=seed)
 
 
 def run_protocol(X: np.ndarray, manifest: Manifest, protocol: str, settings: Settings, seeds: Sequence[int] = (0,),

@@ -120,14 +120,18 @@ def make_bundle(*, backbone_spec: dict[str, Any], labels: Sequence[str], head: E
                 normalizer: FeatureNormalizer, reducer: AnchoredReducer | None = None, anchor_set: str = "all",
                 name: str = "model", version: str = "1",
                 provenance: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
-                layer_logits: torch.Tensor | None = None, encoder: Any = None) -> ModelBundle:
-    """A ``monitor.model.bundle.ModelBundle`` from trained parts (``encoder``: a transformers model to save)."""
+                backbone_state: dict[str, torch.Tensor] | None = None, encoder: Any = None) -> ModelBundle:
+    """A ``monitor.model.bundle.ModelBundle`` from trained parts.
+
+    ``backbone_state``: what training learnt inside the backbone (``Backbone.bundle_state()``: layer
+    weights and statistics); ``encoder``: a transformers model to save inside the bundle.
+    """
     from calibration.anchors import get_anchor_set
     from monitor.model.bundle import ModelBundle
 
     head_state = {f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    if layer_logits is not None:
-        head_state["backbone.layer_logits"] = layer_logits.detach().cpu().float().contiguous()
+    for key, value in (backbone_state or {}).items():
+        head_state[key] = value.detach().cpu().float().contiguous()
     head_config = head.config()
     table = get_anchor_set(anchor_set)
     anchors = {c: table.anchor(c) if c in table.anchors else get_anchor_set("all").anchor(c) for c in labels}

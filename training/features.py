@@ -21,17 +21,19 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from monitor.audio.io import read_audio
+from monitor.audio.io import read_audio, to_int16
 from monitor.model.audio_format import SAMPLE_RATE
 from monitor.model.base import Backbone
 from monitor.model.egemaps import EgemapsBackbone
+from monitor.model.whisper import WhisperBackbone
 from training.augment import Augmentation
 from training.corpora import Item, Manifest
+from training.settings import Settings
 
 log = logging.getLogger(__name__)
 
 #: Bump when the audio reading or the features change: cached entries of older versions are recomputed.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 DEFAULT_CACHE = Path(".cache") / "features"
 
 
@@ -78,9 +80,35 @@ class BackboneFeaturizer:
         return np.concatenate(out, axis=0).astype(np.float32) if out else np.zeros((0, self.feature_dim), np.float32)
 
 
-def make_featurizer(feature_set: str = "eGeMAPSv02") -> "BackboneFeaturizer":
-    """The featurizer the runtime uses for ``feature_set``: the project's one openSMILE wrapper
-    (``EgemapsBackbone``), so training and runtime features are computed by the same code."""
+class LayerFeaturizer:
+    """A layer-weighted backbone's pooled features *per layer* (``[n, layers * d]``, flattened for the cache).
+
+    The layer weights are fitted later, on these (``training.layermix``); the
+    backbone's ``layer_features`` is the very code the runtime runs before mixing.
+    """
+
+    def __init__(self, backbone: WhisperBackbone):
+        self.backbone = backbone
+        self.layers = int(backbone.num_layers)
+        self.feature_dim = self.layers * int(backbone.feature_dim)
+        spec = backbone.spec()
+        self.name = f"whisper-{str(spec['weights_sha256'] or spec['source'])[:12]}-{spec['input']}-layers"
+
+    def __call__(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            feats = self.backbone.layer_features(list(waves))
+        return np.asarray(feats.reshape(len(waves), -1).cpu().numpy(), dtype=np.float32)
+
+
+def make_featurizer(feature_set: str = "eGeMAPSv02", backbone: str = "egemaps",
+                    whisper_source: str = "package:whisper-base", whisper_input: str = "sliced"
+                    ) -> BackboneFeaturizer | LayerFeaturizer:
+    """The featurizer the runtime's backbone implies, so training and runtime features come from the same code:
+    the project's one openSMILE wrapper (``EgemapsBackbone``) for ``feature_set``, or Whisper's layers."""
+    if backbone == "whisper":
+        return LayerFeaturizer(WhisperBackbone.from_pretrained(whisper_source, input_mode=whisper_input))
     return BackboneFeaturizer(EgemapsBackbone(feature_set=feature_set), name=feature_set)
 
 
@@ -99,7 +127,8 @@ def _entry_id(item: Item, extra: str) -> str:
         size = os.path.getsize(item.path)
     except OSError:
         size = -1
-    return hashlib.sha1(f"{item.key}|{size}|{extra}|v{CACHE_VERSION}".encode()).hexdigest()[:20]
+    span = f"|{item.start:.4f}-{item.end:.4f}" if item.is_segment else ""
+    return hashlib.sha1(f"{item.key}{span}|{size}|{extra}|v{CACHE_VERSION}".encode()).hexdigest()[:20]
 
 
 class FeatureCache:
@@ -133,6 +162,29 @@ class FeatureCache:
 Featurizer = Callable[[Sequence[np.ndarray]], np.ndarray]
 
 
+class _ClipReader:
+    """Audio of manifest items: a whole clip, or a segment of it exactly as the live VAD hands it on.
+
+    Segments come as the monitor's frames carry them (int16), and the clip read
+    last is kept, since a clip's segments follow each other in a manifest.
+    """
+
+    def __init__(self) -> None:
+        self._path: str | None = None
+        self._wave = np.zeros(0, dtype=np.float32)
+
+    def __call__(self, item: Item) -> np.ndarray:
+        if item.path != self._path:
+            self._wave, self._path = read_audio(item.path), item.path
+        if not item.is_segment:
+            return self._wave
+        start, end = int(round(item.start * SAMPLE_RATE)), int(round(item.end * SAMPLE_RATE))
+        span = np.zeros(end - start, dtype=np.float32)  # a segment ending in the last, partial frame: zero-padded
+        piece = self._wave[start:end]
+        span[: len(piece)] = piece
+        return to_int16(span).astype(np.float32) / 32768.0
+
+
 def extract(manifest: Manifest, featurizer: Featurizer | None = None, *, feature_set: str = "eGeMAPSv02",
             augmentation: Augmentation | None = None, trim: bool = False,
             cache: FeatureCache | str | Path | None = DEFAULT_CACHE, progress: bool = True,
@@ -150,11 +202,12 @@ def extract(manifest: Manifest, featurizer: Featurizer | None = None, *, feature
     failed: list[tuple[str, str]] = []
     bad: set[int] = set()
     if todo:
-        bar = tqdm(todo, desc=f"features {name} [{variant}]", disable=not progress, unit="clip")
+        bar = tqdm(todo, desc=f"features {name} [{variant}]", disable=not progress, unit="item")
+        audio = _ClipReader()
         for n, i in enumerate(bar, 1):
             item = manifest[i]
             try:
-                wave = read_audio(item.path)
+                wave = audio(item)
                 if trim:
                     wave = trim_silence(wave)
                 if augmentation is not None:
@@ -181,22 +234,32 @@ def extract(manifest: Manifest, featurizer: Featurizer | None = None, *, feature
     return FeatureTable(X=X, manifest=kept, failed=failed, name=name)
 
 
-def feature_matrices(manifest: Manifest, feature_set: str = "eGeMAPSv02", augment: Sequence[str] = (),
-                     trim: bool = False, cache: FeatureCache | str | Path | None = DEFAULT_CACHE,
+def feature_matrices(manifest: Manifest, settings: Settings, cache: FeatureCache | str | Path | None = DEFAULT_CACHE,
                      progress: bool = True) -> tuple[np.ndarray, Manifest, list[np.ndarray]]:
-    """(features [n, d] float64, the manifest of the n clips that loaded, one [n, d] array per augmentation).
+    """(features float64, the manifest of the items that loaded, one array per augmentation).
 
     What every head fit reads (``build``, ``evaluate``, ``experiment``, ``ablate``): the clean
-    features, plus a copy of every clip per ``augment`` entry (e.g. ``"noise"``, ``"noise+reverb"``),
-    all extracted through the cache; ``trim`` cuts leading/trailing silence first.
+    features, plus a copy of every item per ``settings.augment`` entry (e.g. ``"room"``), all
+    extracted through the cache. With ``units="segments"`` the items are the live VAD's speech
+    segments of every clip (``training.segments``); ``trim`` cuts a whole clip's leading/trailing
+    silence first. Features are ``[n, d]``, or ``[n, layers, d]`` for a layer-weighted backbone
+    (the layer weights are fitted with the head, ``training.layermix``).
     """
-    featurizer = make_featurizer(feature_set)
-    table = extract(manifest, featurizer, trim=trim, cache=cache, progress=progress)
+    if settings.units == "segments":
+        from training.segments import segment_manifest
+
+        manifest = segment_manifest(manifest, cache=Path(cache) if isinstance(cache, (str, Path)) else None,
+                                    progress=progress)
+    featurizer = make_featurizer(settings.feature_set, settings.backbone, settings.whisper_source,
+                                 settings.whisper_input)
+    table = extract(manifest, featurizer, trim=settings.trim, cache=cache, progress=progress)
     X_aug = []
-    for spec in augment:
-        t = extract(table.manifest, featurizer, augmentation=Augmentation.from_spec(spec), trim=trim, cache=cache,
-                    progress=progress)
+    for spec in settings.augment:
+        t = extract(table.manifest, featurizer, augmentation=Augmentation.from_spec(spec), trim=settings.trim,
+                    cache=cache, progress=progress)
         if not np.array_equal(t.manifest.keys, table.manifest.keys):
-            raise RuntimeError(f"augmentation {spec} failed on {len(t.failed)} clips: {t.failed[:3]}")
+            raise RuntimeError(f"augmentation {spec} failed on {len(t.failed)} items: {t.failed[:3]}")
         X_aug.append(t.X.astype(np.float64))
-    return table.X.astype(np.float64), table.manifest, X_aug
+    shape = (-1, featurizer.layers, featurizer.feature_dim // featurizer.layers) \
+        if isinstance(featurizer, LayerFeaturizer) else (-1, table.X.shape[1])
+    return (table.X.astype(np.float64).reshape(shape), table.manifest, [x.reshape(shape) for x in X_aug])

@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from calibration.metrics import anchor_agreement, uar
-from calibration.speaker import BASELINE_EMOTIONS, SpeakerBaseline
+from calibration.speaker import BASELINE_EMOTIONS, SpeakerBaseline, composition_of
 
 #: ``predict(raw_features, baseline) -> (probabilities, points)``: the runtime path replayed.
 Predict = Callable[[np.ndarray, SpeakerBaseline | np.ndarray | None], tuple[np.ndarray, np.ndarray]]
@@ -52,7 +52,7 @@ def replay_sessions(features: np.ndarray, labels: ArrayLike, speakers: ArrayLike
     rng = np.random.default_rng(seed)
     out_labels, ps, pm, qs, qm = [], [], [], [], []
 
-    def baseline_for(session_x: np.ndarray, enrol: np.ndarray | None) -> np.ndarray | None:
+    def baseline_for(session_x: np.ndarray, enrol: SpeakerBaseline | None) -> SpeakerBaseline | np.ndarray | None:
         if normalization == "enrolment":
             return enrol
         if normalization == "self":
@@ -65,7 +65,8 @@ def replay_sessions(features: np.ndarray, labels: ArrayLike, speakers: ArrayLike
         evaluate = np.flatnonzero(is_spk & ~is_enrol)
         if evaluate.size == 0:
             continue
-        enrol = features[is_enrol].mean(axis=0) if is_enrol.any() else None
+        enrol = SpeakerBaseline(mean=features[is_enrol].mean(axis=0), n_segments=int(is_enrol.sum()), seconds=0.0,
+                                model_id="", composition=composition_of(label_of[is_enrol])) if is_enrol.any() else None
         # mixed session: all evaluated clips in a shuffled order
         order = rng.permutation(evaluate)
         p_mixed, q_mixed = predict(features[order], baseline_for(features[order], enrol))

@@ -21,7 +21,8 @@ from training.sampling import BALANCE_MODES
 if TYPE_CHECKING:
     from training.train import TrainConfig
 
-BACKBONES = ("egemaps", "wavlm")
+BACKBONES = ("egemaps", "wavlm", "whisper")
+UNITS = ("clips", "segments")
 FEATURE_SETS = EgemapsBackbone.FEATURE_SETS
 NORMALIZATIONS = ("none", "population", "enrolment")
 #: Fewest validation speakers whose embeddings a reducer alignment is fitted on (see Settings.reducer_kwargs).
@@ -62,6 +63,13 @@ class Settings:
     reducer_align: str | None = None
     reducer_align_on: str = "val"
     reducer_params: dict[str, Any] = field(default_factory=dict)
+    # what the head is trained on: whole clips, or the live VAD's speech segments of them (training.segments)
+    units: str = "clips"
+    backbone: str = "egemaps"
+    # --backbone whisper: the weights, how segments are fed (sliced | padded to 30 s), how layers are weighted
+    whisper_source: str = "package:whisper-base"
+    whisper_input: str = "sliced"
+    layer_mix: str = "learn"
 
     def reducer_kwargs(self, align_speakers: Sequence[str] = ()) -> tuple[dict[str, Any], bool]:
         """(AnchoredReducer parameters, whether the alignment is fitted on the validation speakers).
@@ -89,7 +97,7 @@ class Settings:
 
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; known: {BACKBONES}")
-        features = backbone == "egemaps"
+        features = backbone != "wavlm"  # the features path: heads on cached feature vectors
         wave: dict[str, Any] = {k: v for k, v in (("encoder_lr", encoder_lr), ("max_seconds", max_seconds),
                                                   ("num_workers", num_workers)) if v is not None}
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, head_lr=self.head_lr,
@@ -109,6 +117,10 @@ class Settings:
 #: The settings whose default depends on the backbone: the end-to-end WavLM path trains fewer epochs,
 #: in smaller batches, at a lower head learning rate, on population-normalised features.
 WAVLM_DEFAULTS: dict[str, Any] = {"normalization": "population", "epochs": 20, "batch_size": 8, "head_lr": 1e-4}
+#: The frozen Whisper encoder's head trains on the segments the monitor embeds (the other settings are egemaps').
+WHISPER_DEFAULTS: dict[str, Any] = {"units": "segments"}
+#: Every setting whose default depends on the backbone, and its default per backbone (egemaps: the field default).
+BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {"egemaps": {}, "wavlm": WAVLM_DEFAULTS, "whisper": WHISPER_DEFAULTS}
 
 _DEFAULT = Settings()
 
@@ -117,20 +129,33 @@ def defaults_for(backbone: str) -> Settings:
     """The default settings of a backbone."""
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; known: {BACKBONES}")
-    return replace(_DEFAULT, **WAVLM_DEFAULTS) if backbone == "wavlm" else Settings()
+    return replace(_DEFAULT, backbone=backbone, **BACKBONE_DEFAULTS[backbone])
 
 
 def _by_backbone(name: str) -> str:
     """Help text for a default that depends on the backbone."""
-    return f"default: {getattr(_DEFAULT, name)} (egemaps), {WAVLM_DEFAULTS[name]} (wavlm)"
+    per = ", ".join(f"{defaults[name] if name in defaults else getattr(_DEFAULT, name)} ({b})"
+                    for b, defaults in BACKBONE_DEFAULTS.items())
+    return f"default: {per}"
 
 
 def add_setting_args(parser: argparse.ArgumentParser) -> None:
     """The setting flags (every field of :class:`Settings`, plus ``--backbone``) on ``parser``."""
     g = parser.add_argument_group("model and training settings")
     g.add_argument("--backbone", default="egemaps", choices=BACKBONES,
-                   help="egemaps: openSMILE functionals on the CPU (default); wavlm: a WavLM / wav2vec2 / HuBERT "
-                        "encoder trained end to end (build only)")
+                   help="egemaps: openSMILE functionals on the CPU (default); whisper: Whisper's frozen encoder, "
+                        "layer-weighted (offline weights from the installed package by default); wavlm: a WavLM / "
+                        "wav2vec2 / HuBERT encoder trained end to end (build only)")
+    g.add_argument("--units", default=None, choices=UNITS,
+                   help="train and evaluate on whole clips or on the live VAD's speech segments of them, which is "
+                        f"what the monitor embeds ({_by_backbone('units')})")
+    g.add_argument("--whisper-source", default=_DEFAULT.whisper_source, metavar="SRC",
+                   help="whisper weights: package:whisper-base (offline, default), a transformers or CTranslate2 "
+                        "Whisper folder, or a hub id such as openai/whisper-small")
+    g.add_argument("--whisper-input", default=_DEFAULT.whisper_input, choices=("sliced", "padded"),
+                   help="feed a segment's own frames (sliced, default: ~10x cheaper) or pad it to Whisper's 30 s")
+    g.add_argument("--layer-mix", default=_DEFAULT.layer_mix, choices=("learn", "mean"),
+                   help="whisper: learn softmax weights over the encoder's layers (default) or weight them equally")
     g.add_argument("--feature-set", default=_DEFAULT.feature_set, choices=FEATURE_SETS,
                    help="openSMILE functionals for --backbone egemaps (default: %(default)s)")
     g.add_argument("--normalization", default=None, choices=NORMALIZATIONS,
@@ -185,14 +210,15 @@ def add_setting_args(parser: argparse.ArgumentParser) -> None:
 _REDUCER_FLAGS = {"reducer_fast_neighbors": "fast_neighbors", "reducer_n_neighbors": "n_neighbors",
                   "reducer_target_weight": "target_weight"}
 #: Settings fields not read from the flag of the same name (backbone defaults, tuples, negated or grouped flags).
-_SPECIAL = {*WAVLM_DEFAULTS, "augment", "hidden_dims", "calibrate", "reducer_align", "reducer_params"}
+_SPECIAL = {*WAVLM_DEFAULTS, *WHISPER_DEFAULTS, "augment", "hidden_dims", "calibrate", "reducer_align",
+            "reducer_params", "backbone"}
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The :class:`Settings` of flags added by :func:`add_setting_args`, backbone defaults resolved."""
     base = defaults_for(args.backbone)
     given: dict[str, Any] = {f.name: getattr(args, f.name) for f in fields(Settings) if f.name not in _SPECIAL}
-    for name in WAVLM_DEFAULTS:  # None: the backbone's default
+    for name in {*WAVLM_DEFAULTS, *WHISPER_DEFAULTS}:  # None: the backbone's default
         value = getattr(args, name)
         given[name] = getattr(base, name) if value is None else value
     return replace(base, **given, augment=tuple(args.augment), hidden_dims=tuple(args.hidden_dims),

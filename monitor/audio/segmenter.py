@@ -3,11 +3,15 @@
 Speech starts when most frames of a short look-back window are voiced (the
 window is kept as pre-roll, so onsets are not clipped) and ends after a
 hangover of mostly unvoiced frames. Long speech is cut into windows of at most
-``max_segment_s`` so a monologue still yields a point every few seconds.
+``max_segment_s`` so a monologue still yields a point every few seconds. Each
+segment then passes the speech gate (``monitor.audio.speech_gate``): tones,
+hum, music and noise that the VAD let through are counted and dropped, so they
+never become points.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from itertools import chain
@@ -20,6 +24,9 @@ import numpy as np
 from monitor.model.audio_format import SAMPLE_RATE
 from monitor.audio.frames import AudioFrame, Segment
 from monitor.audio.sources import FileSource, FrameChunker
+from monitor.audio.speech_gate import SpeechGateConfig, judge
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +38,7 @@ class VadConfig:
     end_padding_ms: hangover of non-speech that ends a segment. trigger_ratio: share of voiced
     (onset) or unvoiced (end) frames in those windows. min_segment_s: shorter segments are dropped.
     max_segment_s: longer speech is cut into windows of this length.
+    speech_gate: check every segment with the speech gate and drop those that are not speech.
     """
 
     aggressiveness: int = 2
@@ -40,6 +48,8 @@ class VadConfig:
     trigger_ratio: float = 0.75
     min_segment_s: float = 0.5
     max_segment_s: float = 6.0
+    #: Drop segments that do not sound like a speaking voice (``monitor.audio.speech_gate``); ``--speech-gate off``.
+    speech_gate: bool = True
 
     def __post_init__(self) -> None:
         if self.aggressiveness not in (0, 1, 2, 3):
@@ -76,6 +86,10 @@ class VadSegmenter:
         self._next_index = 0
         self.speech_seconds = 0.0
         self.discarded_short = 0
+        self.gate = SpeechGateConfig() if self.config.speech_gate else None
+        #: Segments the speech gate dropped, and their length.
+        self.discarded_nonspeech = 0
+        self.nonspeech_seconds = 0.0
 
     @property
     def speech_active(self) -> bool:
@@ -122,14 +136,23 @@ class VadSegmenter:
         return out
 
     def _emit(self) -> list[Segment]:
+        closed_at = time.monotonic()  # latency counts from here, the gate's time included
         frames, self._current = self._current, []
         t_start, t_end = frames[0].t_start, frames[-1].t_end
         if t_end - t_start < self.config.min_segment_s - 1e-9:
             self.discarded_short += 1
             return []
         audio = np.concatenate([f.samples for f in frames]).astype(np.float32) / 32768.0
-        segment = Segment(index=self._next_index, t_start=t_start, t_end=t_end, audio=audio,
-                          closed_at=time.monotonic())
+        if self.gate is not None:
+            verdict = judge(audio, self.gate)
+            if not verdict.speech:
+                self.discarded_nonspeech += 1
+                self.nonspeech_seconds += t_end - t_start
+                n = self.discarded_nonspeech
+                log.log(logging.INFO if n <= 3 or n % 100 == 0 else logging.DEBUG,
+                        "%.1f-%.1f s is not speech (%s); skipped (%d so far)", t_start, t_end, verdict.reason, n)
+                return []
+        segment = Segment(index=self._next_index, t_start=t_start, t_end=t_end, audio=audio, closed_at=closed_at)
         self._next_index += 1
         self.speech_seconds += t_end - t_start
         return [segment]

@@ -17,7 +17,16 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from monitor.audio.io import AudioInputError, AudioStats, iter_audio_blocks, sanitize, to_int16
+from monitor.audio.io import (
+    STDIN,
+    AudioHandle,
+    AudioInputError,
+    AudioStats,
+    iter_audio_blocks,
+    open_audio,
+    sanitize,
+    to_int16,
+)
 from monitor.model.audio_format import SAMPLE_RATE
 from monitor.audio.frames import AudioFrame
 
@@ -89,24 +98,47 @@ class AudioSource:
 
 
 class FileSource(AudioSource):
-    """Replays a WAV/FLAC/OGG file: any rate (resampled), any channels (averaged).
+    """Replays a WAV/FLAC/OGG file, or reads a stream (``-`` for standard input, a pipe, a FIFO; WAV or Ogg):
+    any rate (resampled), any channels (mixed to mono).
 
     ``realtime=True`` paces frames at the speed of speech, as a live session
     would; ``realtime=False`` (``--fast``) runs as fast as the pipeline allows.
+    The input is opened once, here, so a bad file fails before the session
+    starts and a stream is not consumed by the check. A truncated file is
+    replayed as far as it goes; ``frames()`` then raises ``AudioTruncatedError``.
     """
 
     def __init__(self, path: str | Path, frame_ms: int = 30, realtime: bool = True):
         super().__init__(frame_ms)
         self.path = Path(path)
         self.realtime = realtime
-        self.description = f"file:{self.path.name}"
-        # Open once now so a bad file fails before the session starts.
-        next(iter_audio_blocks(self.path, block_seconds=0.05), None)
+        self.stream = str(path) == STDIN
+        self.description = "stdin" if self.stream else f"file:{self.path.name}"
+        self._handle: AudioHandle | None = open_audio(STDIN if self.stream else self.path)
+        self.stream = self._handle.stream
+        problem = self._handle.truncation
+        if problem is not None:
+            log.warning("%s is truncated (%s): analysing what it holds; the session will be reported as ended "
+                        "early", self._handle.name, problem)
+
+    def close(self) -> None:
+        """Let go of the input without reading it (a session that never started)."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def _input(self) -> AudioHandle:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            return handle
+        if self.stream:
+            raise AudioInputError(f"{self.description} is a stream: it can be read only once")
+        return open_audio(self.path)
 
     def frames(self) -> Iterator[AudioFrame]:
         chunker = FrameChunker(self.frame_samples)
         started = time.monotonic()
-        for block in iter_audio_blocks(self.path, block_seconds=0.5, stats=self.stats):
+        for block in iter_audio_blocks(self._input(), block_seconds=0.5, stats=self.stats):
             for frame in chunker.push(block):
                 if self._stop.is_set():
                     return
@@ -235,6 +267,14 @@ def import_sounddevice() -> ModuleType:
 
 
 def list_devices() -> str:
-    """A table of audio devices, as --list-devices prints it."""
+    """A table of audio devices, as --list-devices prints it; AudioInputError when there is none at all."""
     sd = import_sounddevice()
-    return str(sd.query_devices())
+    try:
+        devices = sd.query_devices()
+    except Exception as exc:  # noqa: BLE001 - PortAudio's errors have no common base worth naming
+        raise AudioInputError(f"cannot list the audio devices: {exc}") from exc
+    table = str(devices).strip()
+    if not len(devices) or not table:
+        raise AudioInputError("no audio devices found (no sound card, or PortAudio cannot see it: check that the "
+                              "user may use audio devices); you can still replay a recording with --input FILE")
+    return table

@@ -266,6 +266,7 @@ def _session_row(s: "SessionRow", sub: "PointTable", day: date, zone: tzinfo | N
         "session_id": s.session_id,
         "started_at": iso(s.started_at, zone),
         "ended_at": iso(s.ended_at, zone),
+        "minutes": s.minutes,
         "points": int(len(sub)),
         "speech_seconds": float(sub.duration.sum()),
         "mean_valence": float(np.dot(w, sub.valence) / total) if total > 0 else None,
@@ -378,7 +379,10 @@ def history_json(store: "Store", patient_id: str | None, days: int = 14, *, end:
 
     Shape: ``{"patient", "days": [{"date", "heatmap": {"bins", "grid", "max"}, "metrics": {...}}],
     "sessions": [...], "scale_max", ...}``; empty days are included with ``points: 0``.
+    Raises ``LookupError`` for a patient the store does not know (the endpoint answers 404).
     """
+    if patient_id is not None and not store.has_patient(patient_id):
+        raise LookupError(f"no patient {patient_id!r} in the store")
     zone = resolve_tz(tz)
     start, stop = period_bounds(days=days, end=end, tz=zone)
     return build_history(store, patient_id, start, stop, tz=zone, config=config)

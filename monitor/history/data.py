@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from monitor.history.store import Store, StoreError, open_existing
+from monitor.live.private import open_private, private_dir, write_private_text
 
 DESCRIPTION = """\
 Manage what the monitor stored: which patients and sessions exist, a
@@ -66,7 +67,7 @@ def cmd_sessions(store: Store, args: argparse.Namespace) -> int:
         print("no sessions")
         return 0
     _print_table([[r.session_id, r.patient_id or "(unassigned)", _when(r.started_at),
-                   f"{(r.ended_at - r.started_at) / 60:.1f}" if r.ended_at else "-",
+                   f"{r.minutes:.1f}" if r.minutes is not None else "-",
                    str(r.points), f"{r.speech_seconds:.0f}", str(r.marks), r.end_state or "running", r.model_id]
                   for r in rows],
                  ["session", "patient", "started", "minutes", "points", "speech s", "marks", "ended", "model"])
@@ -96,8 +97,11 @@ def patient_export(store: Store, patient_id: str | None) -> dict[str, Any]:
 
 
 def write_csv_export(data: dict[str, Any], folder: Path) -> list[Path]:
-    """sessions.csv, points.csv, marks.csv, baselines.csv in ``folder`` (times as unix seconds and ISO)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """sessions.csv, points.csv, marks.csv, baselines.csv in ``folder`` (times as unix seconds and ISO).
+
+    Clinical data: the files are owner-only (0600), a folder made here 0700, like the store.
+    """
+    private_dir(folder)
     files: list[Path] = []
 
     def iso(ts: float | None) -> str:
@@ -105,7 +109,7 @@ def write_csv_export(data: dict[str, Any], folder: Path) -> list[Path]:
 
     def write(name: str, header: list[str], rows: list[list[Any]]) -> None:
         path = folder / name
-        with open(path, "w", newline="", encoding="utf-8") as f:
+        with open_private(path, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(header)
             w.writerows(rows)
@@ -114,11 +118,11 @@ def write_csv_export(data: dict[str, Any], folder: Path) -> list[Path]:
     sessions = data["sessions"]
     write("sessions.csv", ["session_id", "patient_id", "started_at", "started_at_iso", "ended_at", "ended_at_iso",
                            "end_state", "model_id", "model_version", "device", "source", "labels", "settings",
-                           "points", "speech_seconds", "marks"],
+                           "points", "speech_seconds", "marks", "audio_seconds"],
           [[s["session_id"], s["patient_id"] or "", s["started_at"], iso(s["started_at"]), s["ended_at"],
             iso(s["ended_at"]), s["end_state"] or "", s["model_id"], s["model_version"], s["device"], s["source"],
             json.dumps(s["labels"]), json.dumps(s["settings"]), s["point_count"], s["speech_seconds"],
-            len(s["marks"])] for s in sessions])
+            len(s["marks"]), "" if s.get("audio_seconds") is None else s["audio_seconds"]] for s in sessions])
     write("points.csv", ["session_id", "index", "t_start", "t_end", "valence", "arousal", "confidence",
                          "probabilities", "latency_ms", "wall_time", "wall_time_iso"],
           [[s["session_id"], p["index"], p["t_start"], p["t_end"], p["valence"], p["arousal"], p["confidence"],
@@ -144,8 +148,7 @@ def cmd_export(store: Store, args: argparse.Namespace) -> int:
     out = Path(args.out)
     fmt = args.format or ("json" if out.suffix.lower() == ".json" else "csv")
     if fmt == "json":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        write_private_text(out, json.dumps(data, indent=1) + "\n")
         print(out)
     else:
         for path in write_csv_export(data, out):

@@ -17,19 +17,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from monitor.model.datadir import DATA_DIR_ENV, default_data_dir
+
 log = logging.getLogger(__name__)
 
+__all__ = ["DATA_DIR_ENV", "DB_FILENAME", "Database", "StoreError", "default_data_dir", "default_db_path"]
+
 DB_FILENAME = "mood-monitor.sqlite"
-DATA_DIR_ENV = "MOOD_MONITOR_DATA_DIR"
 
 
 class StoreError(RuntimeError):
     """The store cannot be used (newer schema, unreadable file); the message says which."""
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get(DATA_DIR_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".local" / "share" / "mood-monitor"
 
 
 def default_db_path(data_dir: str | Path | None = None) -> Path:

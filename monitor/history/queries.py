@@ -50,9 +50,24 @@ class SessionRow:
     points: int
     speech_seconds: float
     marks: int
+    audio_seconds: float | None = None  # seconds of audio the session covered (None: unknown, or still running)
+
+    @property
+    def minutes(self) -> float | None:
+        """The session's length: its audio (a replay at any speed), else its wall-clock time; None while running."""
+        return session_minutes(self.started_at, self.ended_at, self.audio_seconds)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def session_minutes(started_at: float, ended_at: float | None, audio_seconds: float | None) -> float | None:
+    """A session's length in minutes: the audio it covered when known, else end minus start (None: running)."""
+    if audio_seconds is not None:
+        return float(audio_seconds) / 60.0
+    if ended_at is None:
+        return None
+    return (float(ended_at) - float(started_at)) / 60.0
 
 
 def _named(cls: type[_Row], row: sqlite3.Row, **converted: Any) -> _Row:
@@ -144,7 +159,7 @@ def patients(db: Database) -> list[PatientRow]:
 _SESSION_COLUMNS = """
     s.session_id AS session_id, s.patient_id AS patient_id, s.started_at AS started_at, s.ended_at AS ended_at,
     s.end_state AS end_state, s.model_id AS model_id, s.model_version AS model_version, s.device AS device,
-    s.source AS source, s.labels AS labels, s.settings AS settings,
+    s.source AS source, s.labels AS labels, s.settings AS settings, s.audio_seconds AS audio_seconds,
     (SELECT COUNT(*) FROM points WHERE session = s.id) AS points,
     (SELECT COALESCE(SUM(MAX(t_end - t_start, 0)), 0) FROM points WHERE session = s.id) AS speech_seconds,
     (SELECT COUNT(*) FROM marks WHERE session = s.id) AS marks"""

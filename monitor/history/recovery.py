@@ -63,9 +63,11 @@ def recover_unclean(db: Database, stale_after_s: float = STALE_AFTER_S) -> list[
         if alive is None and silent_for < stale_after_s:
             continue
         with db.transaction() as c:
-            last = c.execute("SELECT MAX(wall_time) FROM points WHERE session = ?", (row["id"],)).fetchone()[0]
-            c.execute("UPDATE sessions SET ended_at = ?, end_state = 'recovered' WHERE id = ? AND ended_at IS NULL",
-                      (float(last if last is not None else row["started_at"]), row["id"]))
+            last, audio = c.execute("SELECT MAX(wall_time), MAX(t_end) FROM points WHERE session = ?",
+                                    (row["id"],)).fetchone()
+            c.execute("UPDATE sessions SET ended_at = ?, end_state = 'recovered', audio_seconds = ? "
+                      "WHERE id = ? AND ended_at IS NULL",
+                      (float(last if last is not None else row["started_at"]), audio, row["id"]))
         closed.append(str(row["session_id"]))
         log.warning("session %s had not been closed (the monitor stopped abruptly); closed at its last point",
                     row["session_id"])

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from monitor.history.aggregate import AggregateConfig, build_history, period_bounds, resolve_tz, series
+from monitor.live.private import open_private, write_private_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -85,8 +86,8 @@ def session_table_cells(history: dict[str, Any]) -> list[list[str]]:
     out = []
     for s in _table_rows(history):
         start = datetime.fromisoformat(s["started_at"])
-        minutes = None
-        if s["ended_at"]:
+        minutes = s.get("minutes")  # the audio the session covered (a --fast replay is as long as its recording)
+        if minutes is None and s["ended_at"]:
             minutes = (datetime.fromisoformat(s["ended_at"]) - start).total_seconds() / 60.0
         state = {"clean": "ok", "recovered": "recovered", None: "running"}.get(s.get("end_state"), s.get("end_state"))
         out.append([s["date"], start.strftime("%H:%M"), _fmt(minutes, ".1f"), str(s["points"]),
@@ -303,12 +304,13 @@ def write(history: dict[str, Any], out: str | Path, by: str = "day", title: str 
     """Write ``out`` as PNG, PDF or JSON, chosen by its extension."""
     out = Path(out)
     suffix = out.suffix.lower()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    # Clinical data: owner-only files (0600) and new folders (0700), like the store.
     if suffix == ".json":
-        out.write_text(json.dumps(history, indent=1) + "\n")
+        write_private_text(out, json.dumps(history, indent=1) + "\n")
     elif suffix in (".png", ".pdf", ".svg"):
         fig = render(history, by=by, title=title)
-        fig.savefig(out, dpi=DPI, format=suffix[1:], metadata=_metadata(suffix))
+        with open_private(out, "wb") as f:
+            fig.savefig(f, dpi=DPI, format=suffix[1:], metadata=_metadata(suffix))
     else:
         raise ValueError(f"cannot write {out}: use a .png, .pdf, .svg or .json file name")
     return out

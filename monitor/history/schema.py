@@ -84,6 +84,13 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (session, idx)
         ) WITHOUT ROWID""",
     ],
+    # v3: how much audio a session covered, so a replay run faster than real time (--fast) is not "0.0 minutes".
+    [
+        "ALTER TABLE sessions ADD COLUMN audio_seconds REAL",  # session seconds of audio; NULL: unknown (older)
+        "UPDATE sessions SET audio_seconds = (SELECT MAX(t_end) FROM points WHERE session = sessions.id) "
+        "WHERE ended_at IS NOT NULL AND ended_at - started_at < (SELECT MAX(t_end) FROM points "
+        "WHERE session = sessions.id)",  # older replays: at least their last point's end
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

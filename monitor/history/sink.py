@@ -45,7 +45,7 @@ class _Batch:
     points: list[Point] = field(default_factory=list)
     marks: list[Mark] = field(default_factory=list)
     audio: list[tuple[int, np.ndarray]] = field(default_factory=list)
-    end: float | None = None
+    end: tuple[float, float | None] | None = None  # (wall time, seconds of audio)
 
     @classmethod
     def of(cls, items: list[_Item]) -> "_Batch":
@@ -73,7 +73,11 @@ class StoreSink:
     ``dropped_marks``, ``dropped_audio``; ``dropped`` is ``dropped_points``),
     under a lock, because both the caller's thread and the writer drop.
     Audio is kept only with ``keep_audio``, at most ``max_audio_pending`` at a time.
+    The pipeline reads these counters for the session summary, which says what was
+    not stored, and the CLI exits with a distinct code when anything was not.
     """
+
+    output_name = "store"
 
     def __init__(self, store: Store, patient_id: str | None = None, keep_audio: bool = False,
                  max_queue: int = 10_000, max_audio_pending: int = 64):
@@ -89,6 +93,8 @@ class StoreSink:
         self._audio_pending = 0
         self._created = False  # writer thread only
         self._last_beat = 0.0  # writer thread only
+        self._audio_seconds: float | None = None  # the session time reached, from the pipeline's status
+        self._gone = False  # writer thread only: the session's rows were deleted while it ran
 
     # -- counters (read from any thread)
     @property
@@ -136,7 +142,7 @@ class StoreSink:
         self._put((_MARK, mark), "marks")
 
     def status(self, status: Status) -> None:
-        pass  # the writer keeps its own heartbeat
+        self._audio_seconds = float(status.t)  # the writer keeps its own heartbeat; the end records this
 
     def segment_audio(self, point: Point, audio: np.ndarray) -> None:
         """Queue a segment's audio (float32, 16 kHz mono) for storage; ignored unless ``keep_audio``."""
@@ -155,7 +161,7 @@ class StoreSink:
         if self._thread is None:
             return
         try:
-            self._queue.put((_END, time.time()), timeout=10.0)
+            self._queue.put((_END, (time.time(), self._audio_seconds)), timeout=10.0)
         except queue.Full:
             log.error("the store writer is stuck; the session end could not be recorded")
         self._thread.join(timeout=60.0)
@@ -211,7 +217,7 @@ class StoreSink:
         sid = self.session.session_id if self.session else ""
         if batch.start is not None:
             self._created = self._retry(partial(self.store.begin_session, batch.start, self.patient_id))
-        if not self._created:
+        if not self._created or self._gone:
             self._lose(batch)
             return
         if batch.points or batch.marks or time.monotonic() - self._last_beat >= HEARTBEAT_S:
@@ -224,18 +230,20 @@ class StoreSink:
                 self._count("audio")
             self._audio_done()
         if batch.end is not None:
-            self._retry(partial(self.store.end_session, sid, batch.end))
+            ended_at, audio_seconds = batch.end
+            self._retry(partial(self.store.end_session, sid, ended_at, audio_seconds=audio_seconds))
 
     def _lose(self, batch: _Batch) -> None:
-        """The session row could not be created: count what this batch held as dropped."""
+        """The session row could not be created, or was deleted: count what this batch held as dropped."""
         if not (batch.points or batch.marks or batch.audio):
             return
         self._count("points", len(batch.points))
         self._count("marks", len(batch.marks))
         self._count("audio", len(batch.audio))
         self._audio_done(len(batch.audio))
-        log.error("store: the session could not be created; %d points, %d marks and %d audio segments lost",
-                  len(batch.points), len(batch.marks), len(batch.audio))
+        log.error("store: the session %s; %d points, %d marks and %d audio segments not stored",
+                  "was deleted while it ran" if self._gone else "could not be created", len(batch.points),
+                  len(batch.marks), len(batch.audio))
 
     def _retry(self, fn: Callable[[], object], attempts: int = 3) -> bool:
         """Run a write, retrying briefly (a reader holding a lock, a full disk being cleared); False on failure."""
@@ -243,7 +251,13 @@ class StoreSink:
             try:
                 fn()
                 return True
-            except (sqlite3.Error, OSError, KeyError) as exc:  # KeyError: the session was deleted meanwhile
+            except KeyError as exc:  # the session (or its patient) was deleted meanwhile: retrying cannot help
+                self._count("write_errors")
+                self._gone = True
+                log.error("store write failed: %s (deleted while the session ran); nothing more of this session "
+                          "is stored", exc)
+                return False
+            except (sqlite3.Error, OSError) as exc:
                 self._count("write_errors")
                 log.error("store write failed (attempt %d/%d): %s", attempt + 1, attempts, exc)
                 time.sleep(0.2 * (attempt + 1))

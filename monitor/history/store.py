@@ -147,8 +147,10 @@ class Store:
         """Store points of a session (imports, tests); no heartbeat, unlike a live writer."""
         writes.write_batch(self.db, session_id, points, heartbeat=False)
 
-    def end_session(self, session_id: str, ended_at: float | None = None, state: str = "clean") -> None:
-        writes.end_session(self.db, session_id, ended_at, state)
+    def end_session(self, session_id: str, ended_at: float | None = None, state: str = "clean",
+                    audio_seconds: float | None = None) -> None:
+        """Record the session's end (and the seconds of audio it covered); KeyError if it is not there."""
+        writes.end_session(self.db, session_id, ended_at, state, audio_seconds)
 
     def retime_session(self, session_id: str, started_at: float, *, as_live: bool = False,
                        duration: float | None = None) -> None:

@@ -61,10 +61,16 @@ def write_batch(db: Database, session_id: str, points: Sequence[Point] = (), mar
             c.execute("UPDATE sessions SET heartbeat_at = ? WHERE id = ?", (time.time(), rowid))
 
 
-def end_session(db: Database, session_id: str, ended_at: float | None = None, state: str = "clean") -> None:
+def end_session(db: Database, session_id: str, ended_at: float | None = None, state: str = "clean",
+                audio_seconds: float | None = None) -> None:
+    """Record the end; ``audio_seconds``: the session time reached (a --fast replay ends long before its audio
+    would have). Raises KeyError when the session is not there (deleted while it ran)."""
     with db.transaction() as c:
-        c.execute("UPDATE sessions SET ended_at = ?, end_state = ?, heartbeat_at = ? WHERE session_id = ?",
-                  (float(ended_at if ended_at is not None else time.time()), state, time.time(), session_id))
+        session_rowid(db, session_id, c)
+        c.execute("UPDATE sessions SET ended_at = ?, end_state = ?, heartbeat_at = ?, "
+                  "audio_seconds = COALESCE(?, audio_seconds) WHERE session_id = ?",
+                  (float(ended_at if ended_at is not None else time.time()), state, time.time(),
+                   None if audio_seconds is None else float(audio_seconds), session_id))
 
 
 def retime_session(db: Database, session_id: str, started_at: float, *, as_live: bool = False,

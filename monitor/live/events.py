@@ -38,8 +38,8 @@ class Point:
     t_end: float
     valence: float
     arousal: float
-    confidence: float
-    probabilities: dict[str, float]
+    confidence: float  # the top class's probability
+    probabilities: dict[str, float]  # every class, in the model's label order
     latency_ms: float
     wall_time: float = field(default_factory=time.time)
 
@@ -99,6 +99,8 @@ class Status:
     segments: int
     points: int
     device: str
+    #: Segments the speech gate skipped as not speech (tones, hum, music, noise).
+    nonspeech_segments: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,4 +1,4 @@
-"""Simple point outputs: one JSON object per line, to a file or stdout."""
+"""Simple point outputs: one JSON object per line, to a file or stdout (record types: docs/jsonl.md)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,22 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
+from calibration.jsonable import to_jsonable
 from monitor.live.events import Mark, Point, SessionInfo, Status
 from monitor.live.heatmap import RollingHeatmap
+from monitor.live.private import open_private
 
 
 class JsonlSink:
-    """Writes each point (and mark) as one JSON line, flushed at once so a crash loses nothing written.
+    """Writes the session's records as JSON lines, flushed at once so a crash loses nothing written.
 
-    ``path`` "-" means stdout. Lines carry a ``type`` field: "point" or "mark".
+    ``path`` "-" means stdout. Every line carries a ``type`` field and the
+    session id (``session``): one "session" record first (model id, class
+    labels, source, settings), then "point" and "mark" records in the order
+    they happened. Appending to an existing file adds a new session's records.
     """
+
+    output_name = "jsonl"
 
     def __init__(self, path: str | Path):
         self.path = str(path)
@@ -33,9 +40,11 @@ class JsonlSink:
         if self.path == "-":
             self._file = sys.stdout
         else:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")
+            self._file = open_private(self.path, "a")  # clinical data: owner-only, like the store
         self.session_id = session.session_id
+        info = session.to_dict()
+        del info["session_id"]
+        self._write({"type": "session", "session": session.session_id, **to_jsonable(info)})
 
     def point(self, point: Point) -> None:
         self._write({"type": "point", "session": self.session_id, **point.to_dict()})

@@ -7,12 +7,16 @@ Threads talk only through bounded queues. When the model falls behind, the
 segmenter blocks on the worker's queue; a replayed file then slows down, and a
 microphone drops (and counts) frames in its own bounded queue instead of
 growing memory. ``stop()`` (Ctrl-C) ends the source; every stage then drains
-what it holds and the sinks are flushed and closed.
+what it holds and the sinks are flushed and closed. A second Ctrl-C aborts:
+queued speech is dropped, and the stages' threads are stopped and joined in
+order (segmenter, then the model's worker, then the outputs) so that none is
+still inside native code when the process exits.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -38,6 +42,10 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 
+class ModelWarmUpError(RuntimeError):
+    """The model failed on a second of silence before the session started (a broken or mismatched bundle)."""
+
+
 class OutputStartError(RuntimeError):
     """An output (dashboard server, store, file) could not start; nothing was recorded."""
 
@@ -51,6 +59,10 @@ class MonitorConfig:
     heatmap: HeatmapConfig = field(default_factory=HeatmapConfig)
     status_interval_s: float = 1.0
     latency_history: int = 100_000
+    #: After stop(), how long an input that delivers nothing (a silent FIFO or pipe) is waited for.
+    input_stop_grace_s: float = 5.0
+    #: On abort, how long the segmenter and the model's worker may take to finish what they are doing.
+    abort_join_s: float = 30.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,6 +85,21 @@ class SessionSummary:
     wall_seconds: float
     repaired_samples: int = 0
     error: str | None = None
+    #: Segments the VAD cut that the speech gate found not to be speech (tones, hum, music, noise): no points.
+    nonspeech_segments: int = 0
+    nonspeech_seconds: float = 0.0
+    #: Points and marks the store could not keep (its queue was full, its writes failed, the session was deleted).
+    points_not_stored: int = 0
+    marks_not_stored: int = 0
+    #: Per output (e.g. "jsonl"): points and marks it failed to take (an exception), besides the store's own count.
+    output_failures: dict[str, int] = field(default_factory=dict)
+    #: Input channels that were phase-inverted and turned round before mixing to mono (1-based).
+    inverted_channels: list[int] = field(default_factory=list)
+
+    @property
+    def outputs_complete(self) -> bool:
+        """Every point and mark reached every output (the store included)."""
+        return not (self.points_not_stored or self.marks_not_stored or any(self.output_failures.values()))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,8 +115,20 @@ class SessionSummary:
             f"  dropped frames {self.dropped_frames}, failed segments {self.failed_segments}, "
             f"short segments skipped {self.short_segments_discarded}",
         ]
+        if self.nonspeech_segments:
+            lines.append(f"  non-speech segments skipped {self.nonspeech_segments} ({self.nonspeech_seconds:.1f} s: "
+                         "tones, hum, music or noise; see --speech-gate)")
         if self.repaired_samples:
             lines.append(f"  repaired samples (NaN/inf or clipped) {self.repaired_samples}")
+        if self.inverted_channels:
+            lines.append(f"  phase-inverted input channel(s) {', '.join(map(str, self.inverted_channels))} turned "
+                         "round before mixing to mono")
+        if self.points_not_stored or self.marks_not_stored:
+            lines.append(f"  NOT STORED: {self.points_not_stored} of {self.points} points and {self.marks_not_stored} "
+                         "marks could not be written to the store (see the log)")
+        for name, n in self.output_failures.items():
+            if n:
+                lines.append(f"  NOT WRITTEN: {n} points/marks failed in the {name} output (see the log)")
         if self.error:
             lines.append(f"  ended early: {self.error}")
         return "\n".join(lines)
@@ -118,6 +157,13 @@ class MonitorPipeline:
             device=self.config.worker.device, labels=tuple(projector.labels), source=source.description,
         )
         self._stopping = threading.Event()
+        self._aborting = threading.Event()
+        self._stop_requested_at: float | None = None
+        self._last_input = time.monotonic()
+        self._in_submit = False
+        self._input_abandoned = False
+        self._segmenter_thread: threading.Thread | None = None
+        self._output_failures: dict[str, int] = {}
         self._paused = threading.Event()
         self._latencies: deque[float] = deque(maxlen=self.config.latency_history)
         self._segments = 0
@@ -140,6 +186,8 @@ class MonitorPipeline:
     # ---- control (safe from any thread: the dashboard calls these) -----------------------
     def stop(self) -> None:
         """End the session gracefully: stop the source; everything queued is still processed."""
+        if self._stop_requested_at is None:
+            self._stop_requested_at = time.monotonic()
         self._stopping.set()
         self.source.stop()
 
@@ -162,7 +210,12 @@ class MonitorPipeline:
         return self._audio_seconds
 
     def add_mark(self, text: str, t: float | None = None, source: str = "dashboard") -> Mark:
-        """Record a mark in every output; RuntimeError once the session's outputs are closing."""
+        """Record a mark in every output; RuntimeError once the session's outputs are closing.
+
+        ``t`` (default: now) must be a session time the session has reached: ValueError otherwise.
+        """
+        if t is not None and not (math.isfinite(float(t)) and 0.0 <= float(t) <= self.session_time + 1.0):
+            raise ValueError(f"a mark's time must lie within the session (0 to {self.session_time:.1f} s), got {t}")
         mark = Mark(t=self.session_time if t is None else float(t), text=str(text), source=source)
         self._fan_out("mark", mark)
         return mark
@@ -171,6 +224,9 @@ class MonitorPipeline:
     def _segment_loop(self) -> None:
         try:
             for frame in self.source.frames():
+                self._last_input = time.monotonic()
+                if self._aborting.is_set():
+                    return
                 self._audio_seconds = frame.t_end
                 if self._paused.is_set():
                     self.segmenter.flush()  # drop the open segment: paused speech is not analysed
@@ -180,17 +236,34 @@ class MonitorPipeline:
                 if self._stopping.is_set():
                     break
         except Exception as exc:  # noqa: BLE001 - keep what was captured, report the cause
-            self.error = str(exc)
-            log.error("audio input ended: %s", exc)
+            if not self._aborting.is_set():
+                self.error = str(exc)
+                log.error("audio input ended: %s", exc)
         finally:
-            if not self._paused.is_set():
-                for segment in self.segmenter.flush():
-                    self._submit(segment)
-            self.worker.close()
+            if not self._aborting.is_set():  # an abort has already stopped the worker
+                if not self._paused.is_set():
+                    for segment in self.segmenter.flush():
+                        self._submit(segment)
+                if not self._input_abandoned:
+                    self._in_submit = True  # waits while the model's queue is full: busy, not stuck
+                    try:
+                        self.worker.close()
+                    finally:
+                        self._in_submit = False
 
     def _submit(self, segment: Segment) -> None:
+        """Queue a segment for the model, waiting while its queue is full (back-pressure), but not past an abort."""
         self._segments += 1
-        self.worker.submit(segment)
+        self._in_submit = True
+        try:
+            while not self._aborting.is_set():
+                try:
+                    self.worker.submit(segment, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+        finally:
+            self._in_submit = False
 
     # ---- stage 4+5: projector -> heat map -> sinks (the calling thread) -----------------
     def _dispatch(self, item: Embedded) -> None:
@@ -212,6 +285,9 @@ class MonitorPipeline:
                     getattr(sink, method)(*args)
                 except Exception as exc:  # noqa: BLE001 - one broken output must not stop the others
                     log.warning("output %s failed on %s: %s", type(sink).__name__, method, exc)
+                    if method in ("point", "mark"):
+                        name = output_name(sink)
+                        self._output_failures[name] = self._output_failures.get(name, 0) + 1
 
     def status(self) -> Status:
         return Status(
@@ -219,7 +295,7 @@ class MonitorPipeline:
             frame_queue=self.source.queue_depth, segment_queue=self.worker.segments.qsize(),
             result_queue=self.worker.results.qsize(), dropped_frames=self.source.dropped_frames,
             failed_segments=self.worker.failed_segments, segments=self._segments, points=self._points,
-            device=str(self.session.device),
+            device=str(self.session.device), nonspeech_segments=self.segmenter.discarded_nonspeech,
         )
 
     def _start_sinks(self) -> None:
@@ -240,8 +316,11 @@ class MonitorPipeline:
     def warm_up(self) -> None:
         """One silent second through model and projector, so the first real segment is not slowed by lazy set-up."""
         item = self.worker.process([Segment(-1, 0.0, 1.0, np.zeros(SAMPLE_RATE, dtype=np.float32), time.monotonic())])
-        if item:
-            self.projector(item[0])
+        if not item:
+            # a model that cannot embed one second of silence will fail every segment: stop before the session
+            raise ModelWarmUpError(f"the model failed its warm-up, so no segment could be analysed: "
+                                   f"{self.worker.last_error}")
+        self.projector(item[0])
         self.worker.failed_segments = 0
         self.worker.batches = 0
 
@@ -250,15 +329,43 @@ class MonitorPipeline:
         self.warm_up()
         started = time.monotonic()
         self._start_sinks()
-        segmenter_thread = threading.Thread(target=self._segment_loop, name="segmenter", daemon=True)
+        segmenter_thread = self._segmenter_thread = threading.Thread(target=self._segment_loop, name="segmenter",
+                                                                     daemon=True)
         self.worker.start()
         segmenter_thread.start()
         try:
             self._dispatch_loop()
+        except BaseException:  # the second Ctrl-C (or a bug): stop the stages before the outputs close
+            self._abort()
+            raise
         finally:
-            segmenter_thread.join(timeout=5)
+            if not self._input_abandoned:
+                segmenter_thread.join(timeout=5)
             self._close_sinks()
         return self.summary(time.monotonic() - started)
+
+    def _abort(self) -> None:
+        """Stop and join the stages in order: the source and segmenter, then the model's worker.
+
+        Queued speech is dropped. Joining matters: a thread still inside native code (the model, openSMILE,
+        libsndfile) when the interpreter shuts down makes the process abort instead of exiting.
+        """
+        self._aborting.set()
+        self._stopping.set()
+        self.source.stop()
+        self.worker.abort()
+        deadline = time.monotonic() + self.config.abort_join_s
+        for thread in (self._segmenter_thread, self.worker):
+            if thread is not None and thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        busy = self.busy_threads()
+        if busy:
+            log.warning("after the abort, still running: %s", ", ".join(busy))
+
+    def busy_threads(self) -> list[str]:
+        """The pipeline's own threads that are still running (after ``run()``: none, unless an input hangs)."""
+        threads = [self._segmenter_thread, self.worker]
+        return [t.name for t in threads if t is not None and t.is_alive()]
 
     def _dispatch_loop(self) -> None:
         """Place every result the worker hands on, with a status every ``status_interval_s``, until it is done."""
@@ -280,6 +387,26 @@ class MonitorPipeline:
             if time.monotonic() >= next_status:
                 self._fan_out("status", self.status())
                 next_status = time.monotonic() + self.config.status_interval_s
+            if self.stopping:
+                self._abandon_stuck_input()
+
+    def _abandon_stuck_input(self) -> None:
+        """After stop(): an input that has delivered nothing for ``input_stop_grace_s`` (a FIFO or pipe whose writer
+        is silent) blocks its thread in a read that cannot be interrupted; finish the session without it."""
+        thread = self._segmenter_thread
+        if self._input_abandoned or thread is None or not thread.is_alive() or self._in_submit:
+            return
+        since = max(self._last_input, self._stop_requested_at or 0.0)
+        if time.monotonic() - since < self.config.input_stop_grace_s:
+            return
+        self._input_abandoned = True
+        log.warning("the audio input delivered nothing for %.0f s after the stop (a pipe or FIFO with a silent "
+                    "writer?); ending the session without waiting for it", self.config.input_stop_grace_s)
+        if not self.paused:
+            for segment in self.segmenter.flush():  # the segmenter thread is stuck in the read, not in here
+                self._segments += 1
+                threading.Thread(target=self.worker.submit, args=(segment,), daemon=True).start()
+        threading.Thread(target=self.worker.close, name="worker-close", daemon=True).start()
 
     def _dispatch_safely(self, item: Embedded) -> None:
         """Dispatch one result; a failure costs that segment only, a Ctrl-C stops the session gracefully."""
@@ -307,6 +434,11 @@ class MonitorPipeline:
     def summary(self, wall_seconds: float) -> SessionSummary:
         lat = np.asarray(self._latencies, dtype=np.float64)
         stats = self.source.stats
+        not_stored = {"points": 0, "marks": 0}
+        for sink in self.sinks:  # outputs that keep their own account of what they could not write (the store)
+            for what in not_stored:
+                count = getattr(sink, f"dropped_{what}", 0)
+                not_stored[what] += count if isinstance(count, int) else 0
         return SessionSummary(
             session_id=self.session.session_id,
             audio_seconds=round(self._audio_seconds, 3),
@@ -321,7 +453,19 @@ class MonitorPipeline:
             wall_seconds=round(wall_seconds, 3),
             repaired_samples=stats.nonfinite_samples + stats.clipped_samples,
             error=self.error,
+            nonspeech_segments=self.segmenter.discarded_nonspeech,
+            nonspeech_seconds=round(self.segmenter.nonspeech_seconds, 3),
+            points_not_stored=not_stored["points"],
+            marks_not_stored=not_stored["marks"],
+            output_failures=dict(self._output_failures),
+            inverted_channels=[c + 1 for c in stats.inverted_channels],
         )
+
+
+def output_name(sink: object) -> str:
+    """How the summary names an output: its ``output_name`` ("store", "jsonl", "dashboard") or its class."""
+    name = getattr(sink, "output_name", None)
+    return name if isinstance(name, str) else type(sink).__name__
 
 
 def new_session_id() -> str:

@@ -81,6 +81,7 @@ class EmbeddingWorker(threading.Thread):
         self.failed_segments = 0
         self.batches = 0
         self.last_error: str | None = None
+        self._abort = threading.Event()
 
     # ---- producer side ---------------------------------------------------------------
     def submit(self, segment: Segment, timeout: float | None = None) -> None:
@@ -90,6 +91,27 @@ class EmbeddingWorker(threading.Thread):
     def close(self) -> None:
         """Finish the queued segments, then stop (the results queue gets ``None`` last)."""
         self.segments.put(_STOP)
+
+    def abort(self) -> None:
+        """Stop after the batch in hand: queued segments are dropped, nothing more is handed on.
+
+        The caller then joins the thread, so that it is not inside the model's native code when the
+        process exits (a thread that native code leaves during interpreter shutdown aborts the process).
+        """
+        self._abort.set()
+        while True:  # make room, so that neither a blocked producer nor the stop marker waits
+            try:
+                self.segments.get_nowait()
+            except queue.Empty:
+                break
+        try:
+            self.segments.put_nowait(_STOP)
+        except queue.Full:  # pragma: no cover - just emptied; the loop checks the flag anyway
+            pass
+
+    @property
+    def aborted(self) -> bool:
+        return self._abort.is_set()
 
     # ---- the thread ------------------------------------------------------------------
     def _next_batch(self) -> tuple[list[Segment], bool]:
@@ -131,9 +153,18 @@ class EmbeddingWorker(threading.Thread):
 
     def run(self) -> None:
         stop = False
-        while not stop:
+        while not stop and not self._abort.is_set():
             batch, stop = self._next_batch()
-            if batch:
+            if batch and not self._abort.is_set():
                 for result in self.process(batch):
-                    self.results.put(result)
-        self.results.put(None)
+                    self._hand_on(result)
+        self._hand_on(None)
+
+    def _hand_on(self, item: Embedded | None) -> None:
+        """Put a result on the results queue; after ``abort()`` nobody reads it, so drop it instead of waiting."""
+        while not self._abort.is_set():
+            try:
+                self.results.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue

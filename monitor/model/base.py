@@ -26,6 +26,13 @@ class Backbone(nn.Module):
         """JSON description stored in the model bundle; ``build_backbone`` reverses it."""
         raise NotImplementedError
 
+    def bundle_state(self) -> dict[str, torch.Tensor]:
+        """Tensors the bundle keeps beside the head (``backbone.*``): what training learnt in the backbone."""
+        return {}
+
+    def load_bundle_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`bundle_state` from a bundle's tensors; raises ``BackboneLoadError`` when they don't fit."""
+
     @property
     def device(self) -> torch.device:
         for parameter in self.parameters():

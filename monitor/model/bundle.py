@@ -29,8 +29,12 @@ import torch
 
 from calibration.jsonable import to_jsonable
 from calibration.reducer import AnchoredReducer
+from calibration.safe_npz import UnsafeArrayFile, read_npz
 from calibration.speaker import FeatureNormalizer
 from monitor.model.backbones import build_backbone
+from monitor.model.base import BackboneLoadError
+from monitor.model.bundle_checks import (BundleError, check_head_state, check_inside, check_meta,
+                                         check_normalization)
 from monitor.model.emotion import EmotionModel, choose_device
 from monitor.model.head import EmotionHead
 from monitor.model.wavlm import WavLMBackbone
@@ -42,9 +46,7 @@ BACKBONE_DIR = "backbone"
 SHIPPED_BUNDLES = {"egemaps": Path(__file__).resolve().parent / "bundles" / "egemaps"}
 DEFAULT_MODEL = "egemaps"
 
-
-class BundleError(RuntimeError):
-    """A bundle is missing, incomplete or unreadable; the message names the path."""
+__all__ = ["BundleError", "ModelBundle", "load_bundle", "load_model", "resolve_bundle"]
 
 
 def default_bundle_path() -> Path:
@@ -100,10 +102,9 @@ def _from_hub(repo_id: str, hub: HubOptions) -> Path:
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except Exception as exc:
-        raise BundleError(f"cannot read {path}: {exc}") from exc
+        return read_npz(path)
+    except UnsafeArrayFile as exc:
+        raise BundleError(str(exc)) from exc
 
 
 @dataclass
@@ -160,10 +161,10 @@ class ModelBundle:
         """
         head = model.head
         head_state = {f"head.{k}": v.detach().cpu().clone() for k, v in head.state_dict().items()}
+        head_state.update(model.backbone.bundle_state())
         spec = dict(model.backbone.spec())
         encoder = None
         if isinstance(model.backbone, WavLMBackbone):
-            head_state["backbone.layer_logits"] = model.backbone.layer_logits.detach().cpu().clone()
             spec["normalize_waveform"] = model.backbone.normalize_waveform
             if embed_backbone:
                 spec["base_source"] = spec.get("source")
@@ -190,15 +191,10 @@ class ModelBundle:
             head.load_state_dict(head_state, strict=True)
         except RuntimeError as exc:
             raise BundleError(f"head weights do not match the head described in bundle.json: {exc}") from exc
-        if isinstance(backbone, WavLMBackbone):
-            logits = self.head_state.get("backbone.layer_logits")
-            if logits is None or logits.shape != backbone.layer_logits.shape:
-                raise BundleError(
-                    f"bundle has no layer weights for a {backbone.num_layers}-layer backbone "
-                    f"(found {None if logits is None else tuple(logits.shape)})"
-                )
-            with torch.no_grad():
-                backbone.layer_logits.copy_(logits)
+        try:
+            backbone.load_bundle_state(dict(self.head_state))
+        except BackboneLoadError as exc:
+            raise BundleError(str(exc)) from exc
         model = EmotionModel(backbone, head, self.normalizer, self.labels, precision=precision)
         target = choose_device(device)
         if precision == "int8":
@@ -292,6 +288,13 @@ def load_bundle(folder: str | os.PathLike[str] | None = None, *, revision: str |
     head_state = _read_head(folder)
     normalizer = _read_normalizer(folder, meta)
     reducer = _read_reducer(folder) if meta.get("reducer") else None
+    source = meta["backbone"].get("source")
+    if isinstance(source, str) and source.startswith("bundle:"):
+        check_inside(folder, source)
+    _check_head_fits(meta["head"], head_state, folder / "head.safetensors")
+    if reducer is not None and reducer.n_features_in_ != meta["head"]["embedding_dim"]:
+        raise BundleError(f"{folder}: the reducer takes {reducer.n_features_in_}-d embeddings, the head gives "
+                          f"{meta['head']['embedding_dim']}")
     try:
         bundle = ModelBundle(
             backbone=dict(meta["backbone"]),
@@ -328,7 +331,18 @@ def _read_meta(folder: Path, meta_path: Path) -> dict[str, Any]:
             f"{folder} uses bundle format {meta['format_version']}, newer than this program reads "
             f"({BUNDLE_VERSION}); upgrade mood-monitor"
         )
+    check_meta(meta, meta_path)
     return meta
+
+
+def _check_head_fits(config: dict[str, Any], state: dict[str, torch.Tensor], path: Path) -> None:
+    """The head weights have exactly the shapes bundle.json describes (found now, not on every segment)."""
+    check_head_state(state, path)
+    try:
+        head = EmotionHead(**config)
+        head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}, strict=True)
+    except (RuntimeError, TypeError) as exc:
+        raise BundleError(f"{path}: head weights do not match the head described in bundle.json: {exc}") from exc
 
 
 def _read_head(folder: Path) -> dict[str, torch.Tensor]:
@@ -347,6 +361,7 @@ def _read_head(folder: Path) -> dict[str, torch.Tensor]:
 def _read_normalizer(folder: Path, meta: Mapping[str, Any]) -> FeatureNormalizer:
     norm_path = folder / "normalization.npz"
     norm_arrays = _read_npz(norm_path) if norm_path.is_file() else {}
+    check_normalization(norm_arrays, int(meta["head"]["input_dim"]), norm_path)
     try:
         return FeatureNormalizer.from_state(meta.get("normalization", {"mode": "none"}), norm_arrays)
     except (ValueError, KeyError) as exc:

@@ -70,8 +70,12 @@ class EmotionModel(nn.Module):
         feats = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
         x = torch.as_tensor(self.normalizer.apply(feats, baseline), device=self.device)
         with torch.inference_mode():
-            embedding, logits = self.head(x)
-            probs = self.head.probabilities(logits)
+            # One row at a time: a matrix product's rounding depends on how many rows it has, and a segment's
+            # point must not depend on which other segments shared its batch (the live worker batches whatever
+            # is waiting; the researcher's API batches across files). The head is tiny; the cost is negligible.
+            outputs = [self.head(x[i:i + 1]) for i in range(x.shape[0])] if x.shape[0] > 1 else [self.head(x)]
+            embedding = torch.cat([e for e, _ in outputs])
+            probs = self.head.probabilities(torch.cat([logits for _, logits in outputs]))
         return embedding.float().cpu().numpy(), probs.cpu().numpy()
 
     def backbone_features(self, waves: Sequence[np.ndarray]) -> torch.Tensor:

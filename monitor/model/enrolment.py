@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from calibration.speaker import SpeakerBaseline
+from calibration.speaker import INTAKE, SpeakerBaseline
 from monitor.model.audio_format import SAMPLE_RATE
 from monitor.model.emotion import EmotionModel
 
@@ -33,7 +33,8 @@ def enroll(model: EmotionModel, segments: Sequence[np.ndarray], model_id: str, s
            min_seconds: float = MIN_SECONDS) -> SpeakerBaseline:
     """A speaker's baseline: the mean raw backbone features of their enrolment speech segments.
 
-    That is the space ``FeatureNormalizer.apply`` shifts in. Raises
+    That is the space ``FeatureNormalizer.apply`` shifts in; the recording is taken to be neutral speech
+    (``calibration.speaker.INTAKE``), so it is mapped onto the population's neutral speech. Raises
     :class:`EnrolmentError` when the model does not use baselines or there is
     too little speech.
     """
@@ -53,4 +54,4 @@ def enroll(model: EmotionModel, segments: Sequence[np.ndarray], model_id: str, s
                     RECOMMENDED_SECONDS)
     features = model.backbone_features(list(segments)).detach().float().cpu().numpy()
     return SpeakerBaseline(mean=np.asarray(features, dtype=np.float64).mean(axis=0), n_segments=len(segments),
-                           seconds=float(seconds), model_id=model_id, source=source)
+                           seconds=float(seconds), model_id=model_id, source=source, composition=dict(INTAKE))

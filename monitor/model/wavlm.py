@@ -142,6 +142,17 @@ class WavLMBackbone(Backbone):
     def layer_weights(self) -> torch.Tensor:
         return torch.softmax(self.layer_logits, dim=0)
 
+    def bundle_state(self) -> dict[str, torch.Tensor]:
+        return {"backbone.layer_logits": self.layer_logits.detach().cpu().clone()}
+
+    def load_bundle_state(self, state: dict[str, torch.Tensor]) -> None:
+        logits = state.get("backbone.layer_logits")
+        if logits is None or logits.shape != self.layer_logits.shape:
+            raise BackboneLoadError(f"bundle has no layer weights for a {self.num_layers}-layer backbone "
+                                    f"(found {None if logits is None else tuple(logits.shape)})")
+        with torch.no_grad():
+            self.layer_logits.copy_(logits)
+
     def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
         """Valid frames per input, from the model's own convolution arithmetic."""
         frames: torch.Tensor = self.encoder._get_feat_extract_output_lengths(sample_lengths).long()

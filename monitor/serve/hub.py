@@ -170,7 +170,8 @@ class ClientHub:
         """A client paused or resumed: every client sees it now, not at the pipeline's next status."""
         if self._status is None:
             self._status = {"t": self.session_time(), "speech_active": False, "paused": paused, "queues": {},
-                            "dropped_frames": 0, "failed_segments": 0, "segments": 0, "points": 0,
+                            "dropped_frames": 0, "failed_segments": 0, "segments": 0, "nonspeech_segments": 0,
+                            "points": 0,
                             "device": getattr(self.session, "device", None)}
         self._status["paused"] = paused
         self.broadcast_status()

@@ -33,6 +33,14 @@ MAX_MARK_CHARS = 500
 #: Longest client-chosen request id echoed back.
 MAX_ID_CHARS = 64
 
+#: Largest magnitude of a number a client may send (an integer id, a ping's ``t``): what a browser's
+#: numbers hold exactly (2**53). Bigger ones are refused as ``bad_field``, never converted.
+MAX_CLIENT_NUMBER = 2**53
+
+#: The latest session time a mark may carry, whatever the session's clock says: 30 days of audio.
+#: The server also refuses marks later than the session's elapsed time (``DashboardServer``).
+MAX_SESSION_SECONDS = 30 * 86_400.0
+
 #: Close codes used by the server (besides the library's own 1009 for oversize messages).
 CLOSE_SESSION_ENDED = 1001  # "going away": the session is over, the server is shutting down
 CLOSE_TOO_SLOW = 1008  # policy violation: the client fell too far behind
@@ -115,6 +123,7 @@ def status_body(status: Status) -> dict[str, Any]:
         "dropped_frames": s["dropped_frames"],
         "failed_segments": s["failed_segments"],
         "segments": s["segments"],
+        "nonspeech_segments": s["nonspeech_segments"],
         "points": s["points"],
         "device": s["device"],
     }
@@ -180,8 +189,9 @@ def parse_client_message(raw: str | bytes) -> dict[str, Any]:
         raise ProtocolError("bad_message", "message must be a JSON object")
     ref = data.get("id")
     if ref is not None and not (isinstance(ref, str) and len(ref) <= MAX_ID_CHARS) and not (
-            isinstance(ref, int) and not isinstance(ref, bool)):
-        raise ProtocolError("bad_field", f"'id' must be a string of at most {MAX_ID_CHARS} characters or an integer")
+            isinstance(ref, int) and not isinstance(ref, bool) and abs(ref) <= MAX_CLIENT_NUMBER):
+        raise ProtocolError("bad_field", f"'id' must be a string of at most {MAX_ID_CHARS} characters or an integer "
+                                         f"of at most {MAX_CLIENT_NUMBER} in size")
     kind = data.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("bad_message", "message has no 'type'", ref)
@@ -195,7 +205,7 @@ def parse_client_message(raw: str | bytes) -> dict[str, Any]:
     elif kind == "ping":
         t = data.get("t")
         if t is not None and not _is_number(t):
-            raise ProtocolError("bad_field", "'t' must be a number", ref)
+            raise ProtocolError("bad_field", f"'t' must be a number of at most {MAX_CLIENT_NUMBER} in size", ref)
         out["t"] = t
     return out
 
@@ -213,12 +223,18 @@ def _mark_text(text: Any, ref: Any) -> str:
 
 
 def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    """A finite JSON number no bigger than :data:`MAX_CLIENT_NUMBER` (a huge integer is not converted to float)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    if isinstance(x, int):
+        return abs(x) <= MAX_CLIENT_NUMBER
+    return math.isfinite(x) and abs(x) <= MAX_CLIENT_NUMBER
 
 
 def _optional_time(t: Any, ref: Any) -> float | None:
     if t is None:
         return None
-    if not _is_number(t) or t < 0:
-        raise ProtocolError("bad_field", "'t' must be a session time in seconds (a number >= 0)", ref)
+    if not _is_number(t) or not 0 <= t <= MAX_SESSION_SECONDS:
+        raise ProtocolError("bad_field", "'t' must be a session time in seconds (a number from 0 to "
+                                         f"{MAX_SESSION_SECONDS:.0f})", ref)
     return float(t)

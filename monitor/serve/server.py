@@ -13,10 +13,11 @@ does (a slow browser, a stalled tablet, TLS) can slow the pipeline:
 The parts, one job each: ``bridge`` (the only state shared with the pipeline's
 thread), ``hub`` (clients, their queues, snapshots, heat map frames),
 ``router`` (the answer to every HTTP request, access checks included: pure
-and unit-tested), ``lifecycle`` (the one state the server is in) and
-``controls`` (what the page may ask of the session, passed in at
-construction). This module wires them to sockets and threads. The wire format
-lives in monitor/serve/protocol.py and docs/protocol.md.
+and unit-tested), ``lifecycle`` (the one state the server is in),
+``blocking`` (its own threads for store reads and marks) and ``controls``
+(what the page may ask of the session, passed in at construction). This
+module wires them to sockets and threads. The wire format lives in
+monitor/serve/protocol.py and docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import asyncio
 import atexit
 import email.utils
 import logging
+import re
 import secrets
 import socket
 import ssl
@@ -41,6 +43,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from monitor.serve import protocol
+from monitor.serve.blocking import BlockingCalls
 from monitor.serve.bridge import ThreadBridge
 from monitor.serve.config import ServerConfig, is_loopback
 from monitor.serve.controls import SessionControls
@@ -60,6 +63,33 @@ log = logging.getLogger(__name__)
 #: The library's own per-connection chatter ("connection open", "HTTP response sent") is noise at INFO.
 _ws_log = logging.getLogger(__name__ + ".websockets")
 
+#: How far past the session's elapsed time a client's mark may lie (the page's clock and ours differ a little).
+MARK_AHEAD_S = 1.0
+
+_SECRETS = re.compile(r"(token=)[^&\s\"']+|((?:authorization|cookie):\s*)\S.*|(bearer\s+)\S+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` without the access token: ``?token=…`` values, ``Authorization`` headers and bearer tokens."""
+    return _SECRETS.sub(lambda m: (m.group(1) or m.group(2) or m.group(3)) + "[redacted]", text)
+
+
+class _RedactSecrets(logging.Filter):
+    """Keeps the access token out of the websockets library's request logs (shown with -v)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is logged as it is
+            return True
+        clean = redact(text)
+        if clean != text:
+            record.msg, record.args = clean, None
+        return True
+
+
+_ws_log.addFilter(_RedactSecrets())
+
 
 class DashboardServer:
     """A ``PointSink`` that serves the live dashboard; see the module docstring.
@@ -67,6 +97,8 @@ class DashboardServer:
     ``controls`` (the pipeline, or None for a view-only dashboard) receives
     pause/resume and marks from the page. ``store`` (or None) backs the history endpoint.
     """
+
+    output_name = "dashboard"
 
     def __init__(self, config: ServerConfig | None = None, store: Store | None = None,
                  controls: SessionControls | None = None) -> None:
@@ -84,6 +116,9 @@ class DashboardServer:
                               inbox_dropped=lambda: self._bridge.dropped)
         self._bridge = ThreadBridge(self.config.inbox_size, self._hub.deliver)
         self._router = Router(self.config, self.token, load_pages(), history=store is not None)
+        # Store reads and marks run on the server's own threads: they keep working during a linger, when
+        # the interpreter is already shutting down and asyncio.to_thread refuses new work.
+        self._calls = BlockingCalls(on_thread_exit=store.release_thread_connection if store is not None else None)
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None  # loop thread: set to shut down
 
@@ -110,6 +145,7 @@ class DashboardServer:
         self._hub.bind(session, heatmap)
         if _ws_log.level == logging.NOTSET:
             _ws_log.setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
+        self._calls.start()
         self._thread = threading.Thread(target=self._run_loop, args=(ssl_context,), name="dashboard", daemon=True)
         self._thread.start()
         if not self._life.wait_started(30):
@@ -202,6 +238,7 @@ class DashboardServer:
                 loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
                 loop.close()
+                self._calls.stop()
                 self._life.advance(Phase.CLOSED)
 
     async def _main(self, ssl_context: ssl.SSLContext | None) -> None:
@@ -298,12 +335,19 @@ class DashboardServer:
             self._hub.send(client, message("ack", id=ref, of=kind, paused=paused))
             self._hub.set_paused(paused)
         elif kind == "mark":
+            t = msg["t"]
+            now = self._hub.session_time()
+            if t is not None and now is not None and t > now + MARK_AHEAD_S:
+                raise ProtocolError("bad_field", f"'t' ({t:.1f} s) lies beyond the session's elapsed time "
+                                                 f"({now:.1f} s)", ref)
             # The pipeline fans the mark out to every sink (store, JSONL, and back here for the broadcast);
             # a thread keeps a slow sink off this loop.
             try:
-                mark = await asyncio.to_thread(controls.add_mark, msg["text"], t=msg["t"], source="dashboard")
+                mark = await self._calls.run(controls.add_mark, msg["text"], t=t, source="dashboard")
             except RuntimeError as exc:  # the pipeline is closing its outputs: the mark could not be kept
                 raise ProtocolError("session_ended", str(exc), ref) from exc
+            except ValueError as exc:  # the pipeline's own bound on the time
+                raise ProtocolError("bad_field", str(exc), ref) from exc
             log.info("dashboard client %d: mark at %.1f s", client.id, mark.t)
             self._bridge.drain()  # the pipeline has fanned the mark out to us: broadcast it before the ack
             self._hub.send(client, message("ack", id=ref, of="mark", mark=protocol.mark_body(mark)))
@@ -339,7 +383,7 @@ class DashboardServer:
         if store is None:  # the router does not route here without a store
             return _json(HTTPStatus.NOT_FOUND, {"error": "history is not available"})
         try:
-            data = await asyncio.to_thread(history_json, store, query.patient, query.days)
+            data = await self._calls.run(history_json, store, query.patient, query.days)
         except LookupError:
             return _json(HTTPStatus.NOT_FOUND, {"error": f"no history for patient {query.patient!r}"})
         except Exception:  # noqa: BLE001

@@ -15,6 +15,8 @@
   const TRAIL_SECONDS = 120; // session seconds over which the trajectory fades out
   const PING_MS = 15000;
   const STALE_MS = 45000; // no message at all for this long: assume a dead connection
+  const MAX_TICKS = 12; // time-line labels drawn at most, whatever the time span
+  const MARK_AHEAD_S = 60; // marks further past the session's clock than this are listed, not drawn
 
   // Viridis (perceptually uniform, colour-blind safe), 17 stops interpolated to a 256-entry table.
   const VIRIDIS_STOPS = ["440154", "48186a", "472d7b", "424086", "3b528b", "33638d", "2c728e", "26828e", "21918c",
@@ -33,8 +35,15 @@
 
   // ---- state -----------------------------------------------------------------------------
   const params = new URLSearchParams(location.search);
+  const TOKEN = params.get("token") || "";
+  if (params.has("token")) {
+    // Read once, then taken out of the address bar, the browser history and bookmarks.
+    params.delete("token");
+    const rest = params.toString();
+    history.replaceState(history.state, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
+  }
   const S = {
-    token: params.get("token") || "",
+    token: TOKEN,
     ws: null,
     conn: "connecting",
     hello: null,
@@ -250,10 +259,16 @@
     return out;
   }
 
+  /** A session time as sent, or null when it is not a usable number (the page must never trust one blindly). */
+  function sessionSeconds(x) {
+    return typeof x === "number" && isFinite(x) && x >= 0 ? x : null;
+  }
+
   function onSnapshot(msg) {
     stats.snapshots += 1;
-    S.points = (msg.points || []).slice(-MAX_POINTS);
-    S.marks = (msg.marks || []).slice();
+    S.points = (msg.points || []).filter((p) => sessionSeconds(p.t_start) != null && sessionSeconds(p.t_end) != null)
+      .slice(-MAX_POINTS);
+    S.marks = (msg.marks || []).filter((m) => sessionSeconds(m.t) != null);
     S.summary = summaryFromServer(msg.summary || {});
     S.paused = !!msg.paused;
     S.ended = !!msg.ended;
@@ -266,6 +281,7 @@
   }
 
   function onPoint(p) {
+    if (sessionSeconds(p.t_start) == null || sessionSeconds(p.t_end) == null) return;
     stats.points += 1;
     S.points.push(p);
     if (S.points.length > MAX_POINTS) S.points.splice(0, S.points.length - MAX_POINTS);
@@ -302,6 +318,7 @@
   }
 
   function onMark(m) {
+    if (sessionSeconds(m.t) == null) return;
     if (S.marks.some((x) => x.wall_time === m.wall_time && x.text === m.text)) return;
     S.marks.push({ t: m.t, text: m.text, wall_time: m.wall_time, source: m.source });
     renderMarks();
@@ -398,7 +415,7 @@
   /** Geometry of the circumplex: the square [-1, 1]^2 inside a margin for axis titles. */
   function geometry(w) {
     const margin = Math.max(18, w * 0.06);
-    const r = w / 2 - margin;
+    const r = Math.max(0, w / 2 - margin); // a hidden (zero-width) canvas draws nothing rather than throwing
     const c = w / 2;
     return { c, r, x: (v) => c + v * r, y: (a) => c - a * r };
   }
@@ -564,12 +581,13 @@
       ctx.beginPath(); ctx.moveTo(left, Y(v)); ctx.lineTo(left + pw, Y(v)); ctx.stroke();
       ctx.fillText(v === 0 ? "0" : (v > 0 ? "+1" : "−1"), left - 6, Y(v));
     }
-    // Time ticks: about 6, on round numbers of seconds.
-    const steps = [5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600];
-    const step = steps.find((s) => tMax / s <= 7) || 7200;
+    // Time ticks: about 6, on round numbers of seconds; never more than MAX_TICKS, whatever the span.
+    const steps = [5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200];
+    const step = steps.find((s) => tMax / s <= 7) || Math.ceil(tMax / 7 / 3600) * 3600;
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
-    for (let t = 0; t <= tMax; t += step) {
+    for (let i = 0; i <= MAX_TICKS && i * step <= tMax; i++) {
+      const t = i * step;
       ctx.textAlign = t === 0 ? "left" : (X(t) > left + pw - 20 ? "right" : "center");
       ctx.fillText(fmtTime(t), X(t), top + ph + 5);
     }
@@ -580,6 +598,7 @@
     ctx.textAlign = "left";
     const lanes = []; // right edge of the last label in each text lane, so close marks do not overprint
     for (const m of S.marks.slice().sort((a, b) => a.t - b.t)) {
+      if (!(m.t <= tMax)) continue; // beyond the drawn span (the list still shows it)
       const x = X(m.t);
       ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + ph); ctx.stroke();
       if (!opts.labels) continue;
@@ -612,7 +631,10 @@
 
   function drawTimelines() {
     const last = S.points.length ? S.points[S.points.length - 1].t_end : 0;
-    const tMax = Math.max(last, S.status ? S.status.t || 0 : 0, ...S.marks.map((m) => m.t)) * 1.02;
+    const clock = Math.max(last, (S.status && sessionSeconds(S.status.t)) || 0);
+    // Marks stretch the span only as far as the session can have run: one absurd time must not squash the rest.
+    const marked = S.marks.map((m) => m.t).filter((t) => t <= clock + MARK_AHEAD_S);
+    const tMax = Math.max(clock, ...marked) * 1.02;
     drawSeries(el.tlValence, "valence", { tMax, colour: "#4fb3d9", labels: true });
     drawSeries(el.tlArousal, "arousal", { tMax, colour: "#c792ea", labels: false });
   }
@@ -623,7 +645,9 @@
       el.latest.textContent = "Waiting for speech…";
       return;
     }
-    const probs = Object.entries(p.probabilities || {}).map(([k, v]) => `${k} ${pct(v)}`).join(", ");
+    // a point carries every class's probability; the line shows the three most likely
+    const probs = Object.entries(p.probabilities || {}).sort((a, b) => b[1] - a[1]).slice(0, 3)
+      .map(([k, v]) => `${k} ${pct(v)}`).join(", ");
     el.latest.textContent = `Latest ${fmtTime(p.t_start)}–${fmtTime(p.t_end)}: valence ${fmtSigned(p.valence)}, ` +
       `arousal ${fmtSigned(p.arousal)}, confidence ${pct(p.confidence)}${probs ? " · " + probs : ""} · ` +
       `${Math.round(p.latency_ms)} ms after speech ended`;
@@ -685,6 +709,7 @@
       parts.push(`queues ${q.frames ?? "–"}/${q.segments ?? "–"}/${q.results ?? "–"}`);
       parts.push(`dropped audio frames ${st.dropped_frames}`);
       if (st.failed_segments) parts.push(`failed segments ${st.failed_segments}`);
+      if (st.nonspeech_segments) parts.push(`non-speech skipped ${st.nonspeech_segments}`);
       if (st.server) parts.push(`viewers ${st.server.clients}`, `skipped heat map frames ${st.server.dropped_heatmap_frames}`);
     }
     if (S.rtt != null) parts.push(`round trip ${Math.round(S.rtt)} ms`);
@@ -725,6 +750,11 @@
     try {
       const res = await fetch(url, { cache: "no-store" });
       data = await res.json();
+      if (res.status === 404) {
+        el.historyBody.hidden = true;
+        el.historyMsg.textContent = `No history: ${data && data.error ? data.error : "unknown patient"}.`;
+        return;
+      }
       if (!res.ok) throw new Error(data && data.error ? data.error : `HTTP ${res.status}`);
     } catch (err) {
       el.historyBody.hidden = true;
@@ -772,7 +802,7 @@
 
   function drawDay(canvas, day, scale) {
     const { ctx, w } = fit(canvas);
-    const g = { c: w / 2, r: w / 2 - 4 };
+    const g = { c: w / 2, r: Math.max(0, w / 2 - 4) };
     g.x = (v) => g.c + v * g.r;
     g.y = (a) => g.c - a * g.r;
     const hm = day.heatmap;
@@ -859,7 +889,7 @@
       const ok = (d) => d && !isNaN(d.getTime());
       const cells = [
         ok(started) ? started.toLocaleString() : "–",
-        ok(started) && ok(ended) ? fmtTime((ended - started) / 1000) : "–",
+        typeof s.minutes === "number" ? fmtTime(s.minutes * 60) : (ok(started) && ok(ended) ? fmtTime((ended - started) / 1000) : "–"),
         String(s.points ?? "–"),
         fmtTime(s.speech_seconds),
         fmtSigned(s.mean_valence),

@@ -111,8 +111,10 @@ def bare_forward_seconds(model, audio: np.ndarray, repeats: int = 3) -> float:
             if isinstance(backbone, WavLMBackbone):
                 batch, _ = backbone.prepare([audio])
                 backbone.encoder(batch, output_hidden_states=True)
-            else:
+            elif hasattr(backbone, "extract"):  # eGeMAPS: openSMILE on the segment
                 backbone.extract(audio)
+            else:  # Whisper: log-mel, the encoder on the segment's own frames, pooling
+                backbone.features([audio])
             times.append(time.perf_counter() - started)
     return float(np.median(times))
 

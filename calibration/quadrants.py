@@ -50,3 +50,13 @@ def quadrant_masks(valence: ArrayLike, arousal: ArrayLike,
         "low_arousal_positive": ~neutral & ~high & pos,
         "neutral": neutral,
     }
+
+
+#: Russell's (1980) affect words at about their angles on the circumplex (degrees, 0 = pleasant, 90 = high
+#: arousal). The dashboard (sent in ``hello``) and the reports label their circles with these, so a clinician
+#: reads the same words in both.
+AFFECT_WORDS: tuple[tuple[str, float], ...] = (
+    ("excited", 50.0), ("happy · pleased", 14.0), ("content", 340.0), ("relaxed · calm", 313.0),
+    ("sleepy · tired", 270.0), ("bored", 236.0), ("sad · depressed", 206.0), ("miserable", 186.0),
+    ("distressed", 148.0), ("afraid · alarmed", 124.0), ("angry", 101.0),
+)

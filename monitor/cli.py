@@ -26,11 +26,15 @@ from monitor.live.heatmap import HeatmapConfig
 from monitor.live.worker import WorkerConfig
 
 if TYPE_CHECKING:  # the heavy modules (torch, the store) load only when a session starts, so --help is quick
+    import numpy as np
+
     from calibration.speaker import SpeakerBaseline
     from monitor.audio.sources import AudioSource
     from monitor.history.store import Store
     from monitor.live.events import PointSink
     from monitor.live.pipeline import MonitorPipeline
+    from monitor.live.speakers import SpeakerAttributor
+    from monitor.model.voiceprint import SpeakerEncoder
     from monitor.model.bundle import ModelBundle
     from monitor.model.emotion import EmotionModel
 
@@ -149,8 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--keep-audio", action="store_true",
                        help="also store each speech segment's audio (off by default: clinical data)")
     store.add_argument("--enroll", metavar="FILE",
-                       help="with --patient: record FILE (30-60 s of calm speech) as the patient's baseline, then exit "
-                            "unless --input is also given; later sessions reuse it")
+                       help="with --patient: record FILE (30-60 s of calm speech) as the patient's baseline and "
+                            "voiceprint, then exit unless --input is also given; later sessions reuse them")
+
+    voices = p.add_argument_group("whose voice counts (speaker attribution, with a patient voiceprint from --enroll)")
+    voices.add_argument("--clinician", metavar="ID",
+                        help="the clinician in the room (pseudonymous id): their enrolled voiceprint helps tell "
+                             "their speech from the patient's")
+    voices.add_argument("--enroll-clinician", metavar="FILE",
+                        help="with --clinician: record FILE (30-60 s of the clinician's speech) as their voiceprint, "
+                             "then exit unless --input is also given; every session naming --clinician ID reuses it")
+    voices.add_argument("--count", choices=["patient", "all"], default="all",
+                        help="all: every voice counts, each point labelled patient/clinician/unknown when the patient "
+                             "has a voiceprint (default, because today's speaker encoder leaves most of a patient's "
+                             "emotional speech 'unknown': docs/store.md); patient: only segments in the patient's "
+                             "voice go into the heat map, summaries and store")
 
     out = p.add_argument_group("outputs")
     out.add_argument("--jsonl", metavar="PATH", help="write one JSON object per point to PATH ('-' = stdout)")
@@ -220,6 +237,7 @@ class _Setup:
     store: Store | None
     baseline: SpeakerBaseline | None
     source: AudioSource | None  # None: enrolment only, nothing to monitor
+    speakers: SpeakerAttributor | None = None  # None: no patient voiceprint, every voice counts
 
 
 class _SetupError(Exception):
@@ -234,6 +252,7 @@ def _prepare(args: argparse.Namespace, vad: VadConfig, worker: WorkerConfig) -> 
     from monitor.model.bundle import BundleError, load_bundle
     from monitor.model.emotion import choose_device
     from monitor.model.enrolment import EnrolmentError, enroll
+    from monitor.model.voiceprint import SpeakerEncoderError
 
     try:
         _check_compute(worker.device)
@@ -247,15 +266,72 @@ def _prepare(args: argparse.Namespace, vad: VadConfig, worker: WorkerConfig) -> 
             segments = [s.audio for s in segment_file(args.enroll, vad)]
             baseline = enroll(model, segments, model_id=bundle.model_id, source=Path(args.enroll).name)
             store.set_baseline(args.patient, baseline.to_json(), bundle.model_id)
+            kept = "baseline and voiceprint"
+            try:
+                _enroll_voice(store, "patient", args.patient, segments, args.enroll, str(device))
+            except SpeakerEncoderError as exc:  # the baseline is what calibration needs; a voiceprint is extra
+                log.warning("no voiceprint taken for patient %s (%s); every voice will count", args.patient, exc)
+                kept = "baseline"
             print(f"patient {args.patient} enrolled from {baseline.seconds:.0f} s of speech; later sessions "
-                  f"with --patient {args.patient} use this baseline", file=sys.stderr)
+                  f"with --patient {args.patient} use this {kept}", file=sys.stderr)
         elif args.patient and store is not None and model.normalizer.mode == "enrolment":
             baseline = store.current_baseline(args.patient, bundle.model_id)
-        source = _open_source(args, vad.frame_ms) if args.input or not args.enroll else None
+        if args.enroll_clinician:
+            assert store is not None  # refused while parsing
+            segments = [s.audio for s in segment_file(args.enroll_clinician, vad)]
+            _enroll_voice(store, "clinician", args.clinician, segments, args.enroll_clinician, str(device))
+            print(f"clinician {args.clinician} enrolled; later sessions with --clinician {args.clinician} use "
+                  "this voiceprint", file=sys.stderr)
+        enrolling = bool(args.enroll or args.enroll_clinician)
+        monitoring = bool(args.input) or not enrolling
+        speakers = _speaker_attributor(args, store, str(device)) if monitoring else None
+        source = _open_source(args, vad.frame_ms) if monitoring else None
     except (AudioInputError, BundleError, BackboneLoadError, EnrolmentError, RuntimeError, ValueError,
-            OSError) as exc:
+            OSError) as exc:  # SpeakerEncoderError is a RuntimeError, VoiceprintError a ValueError
         raise _SetupError(str(exc)) from exc
-    return _Setup(bundle, model, str(device), store, baseline, source)
+    return _Setup(bundle, model, str(device), store, baseline, source, speakers)
+
+
+_ENCODERS: dict[str, SpeakerEncoder] = {}
+
+
+def _speaker_encoder(device: str) -> SpeakerEncoder:
+    """The speaker encoder (loaded once per process and device: enrolment and the session share it)."""
+    from monitor.model.voiceprint import ResemblyzerEncoder
+
+    if device not in _ENCODERS:
+        _ENCODERS[device] = ResemblyzerEncoder(device=device)
+    return _ENCODERS[device]
+
+
+def _enroll_voice(store: Store, role: str, owner: str, segments: Sequence[np.ndarray], source: str,
+                  device: str) -> None:
+    """Take and keep a voiceprint from enrolment segments (biometric: only in the 0600 store)."""
+    from monitor.model.enrolment import enroll_voice
+
+    voiceprint = enroll_voice(_speaker_encoder(device), segments, source=Path(source).name)
+    store.set_voiceprint(role, owner, voiceprint)
+
+
+def _speaker_attributor(args: argparse.Namespace, store: Store | None, device: str) -> SpeakerAttributor | None:
+    """The session's attribution when the patient has a voiceprint in the store; None: every voice counts."""
+    from monitor.live.speakers import SpeakerAttributor
+    from monitor.model.voiceprint import RESEMBLYZER_NAME
+
+    if store is None or not args.patient:
+        if args.clinician:
+            log.warning("--clinician %s is not used: without --patient and a store there is no patient voiceprint "
+                        "to tell the voices apart; every voice counts", args.clinician)
+        return None
+    patient = store.voiceprint("patient", args.patient, RESEMBLYZER_NAME)
+    clinician = store.voiceprint("clinician", args.clinician, RESEMBLYZER_NAME) if args.clinician else None
+    if args.clinician and clinician is None:
+        raise _SetupError(f"clinician {args.clinician} has no voiceprint in {store.path}; enrol them once with "
+                          f"--clinician {args.clinician} --enroll-clinician FILE")
+    if patient is None:
+        log.info("patient %s has no voiceprint (enrol with --enroll): every voice counts", args.patient)
+        return None
+    return SpeakerAttributor(_speaker_encoder(device), patient, clinician, count=args.count)
 
 
 def _check_compute(requested: str) -> None:
@@ -282,6 +358,7 @@ def _build_pipeline(args: argparse.Namespace, setup: _Setup, source: AudioSource
     from monitor.live.outputs import JsonlSink
     from monitor.live.pipeline import MonitorConfig, MonitorPipeline, new_session_id
     from monitor.live.projection import Projector
+    from monitor.live.speakers import not_attributing
 
     bundle, model, baseline = setup.bundle, setup.model, setup.baseline
     config = MonitorConfig(vad=vad, worker=worker, heatmap=heatmap)
@@ -289,6 +366,9 @@ def _build_pipeline(args: argparse.Namespace, setup: _Setup, source: AudioSource
     settings["normalization"] = model.normalizer.mode
     settings["speaker_baseline"] = None if baseline is None else {
         "source": baseline.source, "created": baseline.created, "seconds": baseline.seconds}
+    settings["speakers"] = setup.speakers.describe() if setup.speakers is not None else not_attributing()
+    if setup.speakers is not None:
+        settings["speakers"]["clinician_id"] = args.clinician
     session = SessionInfo(
         session_id=new_session_id(), started_at=time.time(), model_id=bundle.model_id, model_version=bundle.version,
         device=setup.device, labels=tuple(bundle.labels), source=source.description,
@@ -305,7 +385,7 @@ def _build_pipeline(args: argparse.Namespace, setup: _Setup, source: AudioSource
 
         sinks.append(StoreSink(setup.store, patient_id=args.patient, keep_audio=args.keep_audio))
     pipeline = MonitorPipeline(source, model, Projector(bundle.reducer, bundle.labels), sinks=sinks, config=config,
-                               session=session, baseline=baseline)
+                               session=session, baseline=baseline, speakers=setup.speakers)
     if not args.no_dashboard:
         from monitor.serve.server import DashboardServer, ServerConfig
 
@@ -373,10 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         vad, worker, heatmap = _configs(args)
     except ValueError as exc:
         parser.error(str(exc))
-    if args.enroll and not args.patient:
-        parser.error("--enroll needs --patient ID: the baseline is kept with that patient")
-    if args.enroll and args.no_store:
-        parser.error("--enroll keeps the baseline in the store; it cannot be used with --no-store")
+    _check_enrolment_args(parser, args)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # weight-loading bars clutter the output
@@ -395,6 +472,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if setup.source is None:
         return EXIT_OK  # enrolment only
     return _run_session(args, _build_pipeline(args, setup, setup.source, vad, worker, heatmap))
+
+
+def _check_enrolment_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Enrolment keeps what it takes in the store, with the person it names."""
+    if args.enroll and not args.patient:
+        parser.error("--enroll needs --patient ID: the baseline is kept with that patient")
+    if args.enroll and args.no_store:
+        parser.error("--enroll keeps the baseline in the store; it cannot be used with --no-store")
+    if args.enroll_clinician and not args.clinician:
+        parser.error("--enroll-clinician needs --clinician ID: the voiceprint is kept with that clinician")
+    if args.enroll_clinician and args.no_store:
+        parser.error("--enroll-clinician keeps the voiceprint in the store; it cannot be used with --no-store")
 
 
 def _list_devices() -> int:

@@ -36,12 +36,12 @@ def folder(ravdess_dir, tmp_path):
 def mood():
     from monitor import MoodModel
 
-    return MoodModel.from_pretrained("default", device="cpu", progress=False)
+    return MoodModel.from_pretrained("egemaps", device="cpu", progress=False)
 
 
 def test_a_folder_with_a_bad_file_completes_and_resumes(folder, tmp_path, capsys, mood, ravdess_dir):
     out = tmp_path / "results" / "table.csv"
-    assert main(["analyze", str(folder), "--out", str(out), "--no-progress"]) == EXIT_OK
+    assert main(["analyze", "--model", "egemaps", str(folder), "--out", str(out), "--no-progress"]) == EXIT_OK
     err = capsys.readouterr().err
     assert "analyzed 4 files" in err and "1 failed" in err and "1 without speech" in err
     assert "failed: " in err and "broken.wav" in err
@@ -63,10 +63,10 @@ def test_a_folder_with_a_bad_file_completes_and_resumes(folder, tmp_path, capsys
     pd.testing.assert_frame_equal(got[expected.columns], expected)
 
     # resumed: nothing left to do, then only the new file
-    assert main(["analyze", str(folder), "--out", str(out)]) == EXIT_OK
+    assert main(["analyze", "--model", "egemaps", str(folder), "--out", str(out)]) == EXIT_OK
     assert "nothing to do" in capsys.readouterr().err
     shutil.copy(ravdess_dir / "Actor_01" / CLIPS[2], folder / CLIPS[2])
-    assert main(["analyze", str(folder), "--out", str(out), "--no-progress"]) == EXIT_OK
+    assert main(["analyze", "--model", "egemaps", str(folder), "--out", str(out), "--no-progress"]) == EXIT_OK
     err = capsys.readouterr().err
     assert "4 of 5 files are already in it" in err and "analyzed 1 files" in err
     again = read_flat(out)
@@ -76,7 +76,7 @@ def test_a_folder_with_a_bad_file_completes_and_resumes(folder, tmp_path, capsys
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
 def test_parquet_and_jsonl_tables(folder, tmp_path, suffix, capsys):
     out = tmp_path / f"table{suffix}"
-    assert main(["analyze", str(folder / CLIPS[0]), str(folder / "broken.wav"), "--out", str(out),
+    assert main(["analyze", "--model", "egemaps", str(folder / CLIPS[0]), str(folder / "broken.wav"), "--out", str(out),
                  "--no-segment", "--no-progress"]) == EXIT_OK
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     table = load_results(out)
@@ -85,8 +85,8 @@ def test_parquet_and_jsonl_tables(folder, tmp_path, suffix, capsys):
     if suffix == ".jsonl":
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         assert rows[1]["valence"] is None and rows[0]["error"] is None  # strict JSON: null, not NaN
-    assert main(["analyze", str(folder / CLIPS[0]), str(folder / "day2"), "--out", str(out), "--no-segment",
-                 "--no-progress"]) == EXIT_OK
+    assert main(["analyze", "--model", "egemaps", str(folder / CLIPS[0]), str(folder / "day2"), "--out", str(out),
+                 "--no-segment", "--no-progress"]) == EXIT_OK
     assert "1 of 3 files are already in it" in capsys.readouterr().err
     assert len(load_results(out)) == 4
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
@@ -116,20 +116,20 @@ def test_a_torn_last_line_is_scored_again(folder, tmp_path, capsys, suffix):
 
 def test_setup_errors_exit_2_and_write_nothing(folder, tmp_path, capsys):
     out = tmp_path / "table.csv"
-    assert main(["analyze", str(tmp_path / "missing"), "--out", str(out)]) == EXIT_SETUP
+    assert main(["analyze", "--model", "egemaps", str(tmp_path / "missing"), "--out", str(out)]) == EXIT_SETUP
     assert "no such file or folder" in capsys.readouterr().err
     assert main(["analyze", str(folder), "--out", str(out), "--model", str(tmp_path / "no-model")]) == EXIT_SETUP
     assert "model bundle not found" in capsys.readouterr().err
     assert not out.exists()
     with pytest.raises(SystemExit) as exit_info:
-        main(["analyze", str(folder), "--out", str(tmp_path / "table.xlsx")])
+        main(["analyze", "--model", "egemaps", str(folder), "--out", str(tmp_path / "table.xlsx")])
     assert exit_info.value.code == 2
     assert ".csv, .parquet, .jsonl" in capsys.readouterr().err
 
     # another model's table is not mixed into
     other = tmp_path / "other.csv"
     other.write_text("file,start,end,valence,arousal,confidence,error,model\nx.wav,0,1,0,0,1,,other@1\n")
-    assert main(["analyze", str(folder / CLIPS[0]), "--out", str(other)]) == EXIT_SETUP
+    assert main(["analyze", "--model", "egemaps", str(folder / CLIPS[0]), "--out", str(other)]) == EXIT_SETUP
     assert "give another --out" in capsys.readouterr().err
     os.chmod(other, 0o644)
 

@@ -26,7 +26,7 @@ CLIPS = ["03-01-01-01-01-01-01.wav", "03-01-05-02-01-01-01.wav", "03-01-04-01-02
 def mood():
     from monitor import MoodModel
 
-    return MoodModel.from_pretrained("default", device="cpu", progress=False)
+    return MoodModel.from_pretrained("egemaps", device="cpu", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_the_table_layout(mood, clips):
 
 
 def test_batches_do_not_change_the_numbers(mood, clips):
-    """The eGeMAPS default is batch invariant: segments embedded together or one by one give identical numbers."""
+    """The eGeMAPS model is batch invariant: segments embedded together or one by one give identical numbers."""
     from monitor.audio.segmenter import segment_signal
 
     waves = [s.audio for c in clips for s in segment_signal(read_audio(c))]
@@ -213,39 +213,39 @@ def test_enrolment_from_a_recording_a_file_or_the_store(mood, ravdess_dir, tmp_p
     calm = sorted((ravdess_dir / "Actor_01").glob("03-01-0[12]-*.wav"))[:6]  # neutral and calm speech, ~12 s
     intake = tmp_path / "intake.wav"
     sf.write(str(intake), np.concatenate([read_audio(c) for c in calm]), SAMPLE_RATE)
-    enrolled = MoodModel.from_pretrained("default", device="cpu", baseline=intake, progress=False)
+    enrolled = MoodModel.from_pretrained("egemaps", device="cpu", baseline=intake, progress=False)
     assert enrolled.baseline is not None and enrolled.baseline.model_id == mood.model_id
     probe = ravdess_dir / "Actor_01" / CLIPS[1]
     plain, calibrated = mood.process_file(probe), enrolled.process_file(probe)
     assert not np.array_equal(plain.to_numpy(), calibrated.to_numpy())  # the baseline moves the point
 
     enrolled.baseline.save(tmp_path / "baseline.json")
-    from_json = MoodModel.from_pretrained("default", device="cpu", baseline=tmp_path / "baseline.json")
+    from_json = MoodModel.from_pretrained("egemaps", device="cpu", baseline=tmp_path / "baseline.json")
     pd.testing.assert_frame_equal(from_json.process_file(probe), calibrated)
 
     store = Store.open(tmp_path / "store.sqlite")
     store.set_baseline("P-1", enrolled.baseline.to_json(), mood.model_id)
     store.close()
-    from_store = MoodModel.from_pretrained("default", device="cpu", patient="P-1", db=tmp_path / "store.sqlite")
+    from_store = MoodModel.from_pretrained("egemaps", device="cpu", patient="P-1", db=tmp_path / "store.sqlite")
     pd.testing.assert_frame_equal(from_store.process_file(probe), calibrated)
     with pytest.raises(LookupError, match="P-2"):
-        MoodModel.from_pretrained("default", device="cpu", patient="P-2", db=tmp_path / "store.sqlite")
+        MoodModel.from_pretrained("egemaps", device="cpu", patient="P-2", db=tmp_path / "store.sqlite")
     other = SpeakerBaseline(mean=np.zeros(88), n_segments=1, seconds=30.0, model_id="other@1+0")
     with pytest.raises(ValueError, match="enrolled with model other"):
-        MoodModel.from_pretrained("default", device="cpu", baseline=other)
+        MoodModel.from_pretrained("egemaps", device="cpu", baseline=other)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert MoodModel.from_pretrained("default", device="cpu").baseline is None
+        assert MoodModel.from_pretrained("egemaps", device="cpu").baseline is None
 
 
 def fake_hub_cache(cache, repo_id: str, revision: str = "main"):
     """The Hugging Face cache layout: models--ORG--NAME/refs/<revision> -> commit, snapshots/<commit>/files
     (here a copy of the shipped bundle, about 1 MB)."""
-    from monitor.model.bundle import default_bundle_path
+    from monitor.model.bundle import SHIPPED_BUNDLES
 
     commit = "4f1c2b3a" * 5
     repo = cache / ("models--" + repo_id.replace("/", "--"))
-    shutil.copytree(default_bundle_path(), repo / "snapshots" / commit)
+    shutil.copytree(SHIPPED_BUNDLES["egemaps"], repo / "snapshots" / commit)
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / revision).write_text(commit)
     return repo / "snapshots" / commit
@@ -259,12 +259,12 @@ def test_a_hub_repo_id_loads_from_the_local_cache_offline(tmp_path, monkeypatch)
     snapshot = fake_hub_cache(tmp_path / "hf", "mood-lab/mood-egemaps")
     model = MoodModel.from_pretrained("mood-lab/mood-egemaps", cache_dir=tmp_path / "hf", device="cpu")
     assert model.bundle.path == snapshot and model.model_id == load_bundle(snapshot).model_id
-    assert model.model_id == load_bundle("default").model_id
+    assert model.model_id == load_bundle("egemaps").model_id
     rng = np.random.default_rng(0)
     signal = (0.1 * np.sin(np.arange(3 * SAMPLE_RATE) * 2 * np.pi * 180 / SAMPLE_RATE)
               * (1 + 0.3 * rng.standard_normal(3 * SAMPLE_RATE))).astype(np.float32)
     table = model.process_signal(signal, SAMPLE_RATE, segment=False)
-    assert list(table.columns)[3:] == [f"prob_{c}" for c in load_bundle("default").labels]
+    assert list(table.columns)[3:] == [f"prob_{c}" for c in load_bundle("egemaps").labels]
 
     model.save_pretrained(tmp_path / "copy")
     again = MoodModel.from_pretrained(tmp_path / "copy", device="cpu")

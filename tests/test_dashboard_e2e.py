@@ -174,6 +174,9 @@ def test_live_dashboard_end_to_end(playwright_api, session_wav, tiny_bundle, tmp
         from monitor.model.bundle import load_bundle
 
         assert load_bundle(bundle).model_id in page.inner_text("#session-info")
+        # No enrolment for this run: the header says plainly that placement is uncalibrated.
+        assert page.inner_text("#calibration").startswith("Uncalibrated")
+        assert page.is_visible("#confidence-legend")
 
         # Points appear; the heat map is drawn and changes as more speech arrives.
         wait_until(page, "moodDashboard.state.points.length >= 1", 90, "the first point")
@@ -226,6 +229,7 @@ def test_live_dashboard_end_to_end(playwright_api, session_wav, tiny_bundle, tmp
         assert [(m["text"], m["source"]) for m in marks] == [("e2e: patient sighs", "dashboard")]
         assert page.evaluate(CANVAS_LIT, "tl-valence") > 0 and page.evaluate(CANVAS_LIT, "tl-arousal") > 0
         assert page.inner_text("#conn") == "session ended"
+        assert page.evaluate("document.querySelectorAll('#marks .mark-edit-btn').length") == 0  # no edits after it
         time.sleep(0.5)  # a last animation frame
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
         if os.environ.get("MOOD_MONITOR_SCREENSHOT"):
@@ -310,6 +314,7 @@ def test_history_view(playwright_api, tmp_path):
         assert page.evaluate("document.querySelectorAll('#history-grid .day[data-empty=\"true\"]').length") == 3
         assert page.evaluate("document.querySelectorAll('#history-sessions tbody tr').length") == 11
         assert "–" not in page.inner_text("#history-sessions tbody tr:first-child")  # dates and lengths parsed
+        assert page.inner_text("#history-sessions tbody tr:first-child td:last-child") == "uncalibrated"
         for canvas in ("trend-valence", "trend-arousal"):
             assert page.evaluate(CANVAS_LIT, canvas) > 0
         lit = page.evaluate("""() => [...document.querySelectorAll('#history-grid canvas')].map(c => {
@@ -324,13 +329,18 @@ def test_history_view(playwright_api, tmp_path):
         page.select_option("#history-days", "30")
         page.click("#history-form button[type=submit]")
         wait_until(page, "document.querySelectorAll('#history-grid .day').length === 30", 20, "30 small multiples")
-        page.fill("#history-patient", "nobody")
-        page.click("#history-form button[type=submit]")
-        wait_until(page, "document.getElementById('history-msg').innerText.includes('No history')", 20,
-                   "an unknown patient's answer (404)")
-        assert "nobody" in page.inner_text("#history-msg")
-        # The browser reports every 404 answer on its console; that one is expected.
-        problems = [p for p in problems if "status of 404" not in p]
+        # The patient picker lists the store's patients (a new one appears when the list is reloaded).
+        options = page.evaluate("[...document.querySelectorAll('#history-patient option')].map(o => o.value)")
+        assert options == ["", "p-42"], options
+        store.begin_session(SessionInfo(session_id="other", started_at=now, model_id="m@1", model_version="1",
+                                        device="cpu", labels=("neutral",), source="test", patient_id="p-07"))
+        page.click("#tab-live")
+        page.click("#tab-history")
+        wait_until(page, "document.querySelectorAll('#history-patient option').length === 3", 10, "the new patient")
+        page.select_option("#history-patient", "p-07")  # choosing a patient loads their history
+        wait_until(page, "document.getElementById('history-msg').innerText.includes('0 of 30 days')", 20,
+                   "the other patient's (empty) history")
+        assert page.input_value("#history-patient") == "p-07"
         page.screenshot(path=str(tmp_path / "history.png"), full_page=True)
         assert problems == [], problems
     finally:
@@ -374,6 +384,155 @@ def test_an_absurd_mark_time_cannot_freeze_the_page(playwright_api):
         assert page.evaluate("window.moodDashboard.state.points.length") == 1
         assert page.evaluate(CANVAS_LIT, "tl-valence") > 0
         assert "token" not in page.evaluate("location.href")  # read once, then out of the address bar
+        assert problems == [], problems
+    finally:
+        if browser is not None:
+            browser.close()
+        server.close()
+
+
+class _Controls:
+    """Stands in for the pipeline (as in tests/test_server_protocol.py): marks, edits and the end go to the server."""
+
+    def __init__(self) -> None:
+        self.server = None
+        self.paused = False
+        self.session_time = 30.0
+        self.marks: list = []
+        self.stopped = False
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+    def add_mark(self, text, t=None, source="dashboard"):
+        from monitor.live.events import Mark
+
+        mark = Mark(t=self.session_time if t is None else float(t), text=str(text), source=source)
+        self.marks.append(mark)
+        self.server.mark(mark)
+        return mark
+
+    def edit_mark(self, t, wall_time, text):
+        from monitor.live.events import Mark
+
+        old = next((m for m in self.marks if abs(m.t - t) < 6e-4 and abs(m.wall_time - wall_time) < 6e-4), None)
+        if old is None:
+            raise KeyError("no such mark")
+        self.marks.remove(old)
+        new = None if text is None else Mark(old.t, text, old.wall_time, old.source)
+        if new is not None:
+            self.marks.append(new)
+        self.server.edit_mark(old, new)
+        return old
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_the_clinicians_view(playwright_api, tmp_path):
+    """Calibration status, confidence, the fixed colour scale, mark edit/delete, a hostile mark, the end button."""
+    from websockets.sync.client import connect
+
+    from monitor.live.events import Point, SessionInfo, Status
+    from monitor.live.heatmap import RollingHeatmap
+    from monitor.serve.server import DashboardServer, ServerConfig
+
+    session = SessionInfo(session_id="s-view", started_at=time.time(), model_id="m@1", model_version="1",
+                          device="cpu", labels=("neutral",), source="test", patient_id="p-1",
+                          settings={"normalization": "enrolment", "speaker_baseline": None})
+    controls = _Controls()
+    heatmap = RollingHeatmap()
+    server = DashboardServer(ServerConfig(port=0, token=TOKEN, heatmap_hz=10), controls=controls)
+    controls.server = server
+    server.start(session, heatmap)
+
+    def speak(i: int, v: float, a: float, confidence: float) -> None:
+        t = 2.0 * i
+        heatmap.add(v, a, t + 1.5, duration=1.5, confidence=confidence)
+        server.point(Point(i, t, t + 1.5, v, a, confidence, {"neutral": confidence}, 40.0))
+
+    # confident points on the left, one uncertain guess far to the right
+    for i, (v, a, c) in enumerate([(-0.5, 0.2, 0.9), (-0.45, 0.25, 0.85), (0.9, -0.8, 0.1), (-0.4, 0.3, 0.9)]):
+        speak(i, v, a, c)
+    browser = None
+    problems: list[str] = []
+    try:
+        browser = playwright_api.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(15_000)
+        page.on("console", lambda m: problems.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.goto(server.url)
+        wait_until(page, "document.getElementById('conn').dataset.state === 'live'", 20, "a live connection")
+
+        # Calibration status in the header: not enrolled, said plainly.
+        assert page.get_attribute("#calibration", "data-enrolled") == "false"
+        assert page.inner_text("#calibration") == "Uncalibrated: speaker not enrolled"
+        assert "population averages" in page.get_attribute("#calibration", "title")
+
+        # Confidence: a legend, and the uncertain point is not joined into the trajectory.
+        assert page.is_visible("#confidence-legend") and "confidence" in page.inner_text("#confidence-legend")
+        wait_until(page, "moodDashboard.state.points.length === 4", 10, "the points")
+        wait_until(page, "moodDashboard.state.trajectory === 3", 5, "the trajectory through the confident points")
+
+        # The heat map's colour scale is fixed: the legend's maximum stays while the map's own peak grows.
+        wait_until(page, "moodDashboard.state.heat && moodDashboard.state.heat.points === 4", 10, "a heat map")
+        legend, peak = page.inner_text("#legend-max"), page.evaluate("moodDashboard.state.heat.max")
+        assert legend == "2 s or more"
+        for i in range(4, 14):
+            speak(i, -0.45, 0.25, 0.95)
+        wait_until(page, "moodDashboard.state.heat.points === 14", 10, "a later heat map")
+        assert page.evaluate("moodDashboard.state.heat.max") > peak  # the data grew...
+        assert page.inner_text("#legend-max") == legend  # ...the scale did not follow it
+
+        # A mark, edited and deleted from the page; every change comes back through the server.
+        page.fill("#mark-text", "patient mentions work")
+        page.press("#mark-text", "Enter")
+        wait_until(page, "document.getElementById('marks').innerText.includes('patient mentions work')", 10, "mark")
+        page.click("#marks .mark-edit-btn")
+        page.fill("#marks .mark-edit input", "patient mentions her new job")
+        page.press("#marks .mark-edit input", "Enter")
+        wait_until(page, "document.getElementById('marks').innerText.includes('her new job')", 10, "the edit")
+        assert [m.text for m in controls.marks] == ["patient mentions her new job"]
+        page.once("dialog", lambda d: d.accept())
+        page.click("#marks .mark-delete-btn")
+        wait_until(page, "moodDashboard.state.marks.length === 0", 10, "the deletion")
+        assert controls.marks == []
+
+        # A hostile client's absurd mark is refused by the server and never reaches the page.
+        with connect(server.url.replace("http://", "ws://").replace("/?", "/ws?"), open_timeout=10) as ws:
+            ws.send(json.dumps({"type": "mark", "text": "far future", "t": 1e308, "id": "h"}))
+            reply: dict = {}
+            for _ in range(50):  # hello, snapshot, heat map frames, ..., the error
+                reply = json.loads(ws.recv(timeout=5))
+                if reply["type"] == "error":
+                    break
+            assert reply["type"] == "error" and reply["code"] == "bad_field" and reply["id"] == "h", reply
+        assert page.evaluate("1 + 1") == 2 and page.evaluate("moodDashboard.state.marks.length") == 0
+        assert page.evaluate(CANVAS_LIT, "tl-valence") > 0
+
+        # The technical line is behind "details"; printing is one click (window.print, stubbed here).
+        server.status(Status(t=30.0, speech_active=False, paused=False, frame_queue=0, segment_queue=0,
+                             result_queue=0, dropped_frames=0, failed_segments=0, segments=14, points=14, device="cpu"))
+        wait_until(page, "document.getElementById('status-line').textContent.includes('queues')", 10, "a status")
+        assert not page.is_visible("#status-line")
+        page.click("#details summary")
+        assert page.is_visible("#status-line") and "queues" in page.inner_text("#status-line")
+        page.evaluate("window.print = () => { window.printed = true; }")
+        page.click("#print-btn")
+        assert page.evaluate("window.printed") is True
+
+        # Ending the session asks first; "cancel" does nothing, "OK" asks the pipeline to stop.
+        page.once("dialog", lambda d: d.dismiss())
+        page.click("#end-btn")
+        assert controls.stopped is False
+        page.once("dialog", lambda d: d.accept())
+        page.click("#end-btn")
+        wait_until(page, "document.getElementById('notice').innerText.startsWith('Ending the session')", 10, "ack")
+        assert controls.stopped is True
         assert problems == [], problems
     finally:
         if browser is not None:

@@ -37,7 +37,9 @@ def test_enrolment_is_stored_and_used_by_later_sessions(actor_audio, tmp_path, c
     store = Store.open(db)
     baseline = store.get_baseline("P-05")
     assert baseline is not None and baseline["seconds"] >= 10 and baseline["source"] == "intake.wav"
-    assert baseline["model_id"].startswith("egemaps")
+    from monitor.model.bundle import load_bundle
+
+    assert baseline["model_id"] == load_bundle("default").model_id  # tied to the model it was made with
 
     enrolled, anonymous = tmp_path / "enrolled.jsonl", tmp_path / "anonymous.jsonl"
     for extra, out in ((["--patient", "P-05"], enrolled), ([], anonymous)):

@@ -195,3 +195,48 @@ def test_first_interrupt_drains_second_aborts_and_no_mark_is_taken_after_the_end
     with pytest.raises(RuntimeError, match="ended"):
         pipeline.add_mark("too late")
     assert sink.marks == []
+
+
+class AlternatingEncoder:
+    """A speaker encoder stand-in: segments alternate between the patient's and the clinician's voice."""
+
+    name, version, dim = "alternating", "1", 2
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def embed(self, waves):
+        out = []
+        for _ in waves:
+            out.append([1.0, 0.0] if self.n % 2 == 0 else [0.0, 1.0])
+            self.n += 1
+        return np.asarray(out, dtype=np.float32)
+
+
+@pytest.mark.parametrize("count", ["patient", "all"])
+def test_only_counted_points_reach_the_heat_map(tmp_path, count):
+    """Issue 14: with a patient voiceprint, another voice's point is passed on labelled but not mapped."""
+    from calibration.attribution import Voiceprint
+    from monitor.live.speakers import SpeakerAttributor
+
+    parts = [("silence", 0.5)] + [("speech", 1.5), ("silence", 1.0)] * 4
+    path, _ = replay_file(tmp_path, parts)
+    speakers = SpeakerAttributor(AlternatingEncoder(), Voiceprint(np.array([1.0, 0.0]), 1, 10.0, "alternating", "1"),
+                                 Voiceprint(np.array([0.0, 1.0]), 1, 10.0, "alternating", "1"), count=count)
+    cfg = MonitorConfig(heatmap=HeatmapConfig(smoothing_sigma=0), status_interval_s=0.05)
+    sink = ListSink()
+    summary = MonitorPipeline(FileSource(path, realtime=False), LoudnessModel(), Projector(DiagonalReducer(), LABELS),
+                              sinks=[sink], config=cfg, speakers=speakers).run()
+    speakers_seen = [p.speaker for p in sink.points]
+    assert len(sink.points) == 4 and set(speakers_seen) == {"patient", "clinician"}
+    counted = [p for p in sink.points if p.counted]
+    if count == "patient":
+        assert all(p.speaker == "patient" for p in counted) and len(counted) == speakers_seen.count("patient")
+    else:
+        assert counted == sink.points
+    assert sink.heatmap.snapshot().points == len(counted) == summary.points_counted
+    assert summary.counting == count and summary.points == 4
+    assert summary.speaker_seconds["clinician"] == pytest.approx(
+        sum(p.duration for p in sink.points if p.speaker == "clinician"), abs=1e-3)
+    assert sink.statuses[-1].speaker_seconds == summary.speaker_seconds
+    assert "voices: patient" in summary.format()

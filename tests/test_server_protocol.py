@@ -64,6 +64,22 @@ class FakeControls:
         self.server.mark(mark)
         return mark
 
+    def edit_mark(self, t, wall_time, text) -> Mark:
+        old = next((m for m in self.marks if abs(m.t - t) < 6e-4 and abs(m.wall_time - wall_time) < 6e-4), None)
+        if old is None:
+            raise KeyError("no such mark")
+        new = None if text is None else Mark(old.t, text, old.wall_time, old.source)
+        self.marks[self.marks.index(old)] = new or old
+        if new is None:
+            self.marks.remove(old)
+        self.server.edit_mark(old, new)
+        return old
+
+    stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
 
 SESSION = SessionInfo(session_id="20260101T000000Z-abcdef", started_at=1767225600.0, model_id="tiny@test",
                       model_version="test", device="cpu", labels=("neutral", "happy", "sad", "angry"),
@@ -261,9 +277,13 @@ def test_hello_and_snapshot_bring_a_late_client_in_sync(make_server):
     assert hello["model"] == {"id": "tiny@test", "version": "test"} and hello["device"] == "cpu"
     assert hello["controls"] is True and hello["history"] is False
     # the page applies the server's one quadrant rule (calibration.quadrants), sent here
-    from calibration.quadrants import NEUTRAL_RADIUS, QUADRANT_NAMES
+    from calibration.quadrants import AFFECT_WORDS, NEUTRAL_RADIUS, QUADRANT_NAMES
 
-    assert hello["circumplex"] == {"neutral_radius": NEUTRAL_RADIUS, "quadrants": QUADRANT_NAMES}
+    assert hello["circumplex"] == {"neutral_radius": NEUTRAL_RADIUS, "quadrants": QUADRANT_NAMES,
+                                   "affect_words": [list(w) for w in AFFECT_WORDS]}
+    # no enrolment recorded for this session: the page is told, in words, that placement is uncalibrated
+    assert hello["calibration"]["enrolled"] is False and hello["calibration"]["label"] == "uncalibrated"
+    assert "Uncalibrated" in hello["calibration"]["text"]
     assert [p["index"] for p in snap["points"]] == list(range(5)) and snap["points_total"] == 5
     assert snap["points"][2]["valence"] == pytest.approx(-0.1)
     assert [m["text"] for m in snap["marks"]] == ["topic: sleep"]
@@ -870,6 +890,10 @@ def test_every_message_is_documented_with_an_example_matching_the_server(make_se
         seen["status"] = await recv_type(ws, "status")
         await ws.send(json.dumps({"type": "mark", "text": "x", "id": "m1"}))
         seen["ack"], seen["mark"] = await recv_types(ws, ("ack", "mark"))
+        sent = seen["mark"]
+        await ws.send(json.dumps({"type": "mark_edit", "id": "e1", "t": sent["t"], "wall_time": sent["wall_time"],
+                                  "text": "y"}))
+        _, seen["mark_update"] = await recv_types(ws, ("ack", "mark_update"))
         await ws.send(json.dumps({"type": "ping", "id": 1, "t": 0}))
         seen["pong"] = await recv_type(ws, "pong")
         await ws.send("{")
@@ -1081,3 +1105,74 @@ def test_stopping_without_close_still_ends_the_session_for_clients(make_server):
     kinds, close_frame = asyncio.run(main())
     assert kinds == ["point"] * 5 + ["end"]
     assert close_frame.code == protocol.CLOSE_SESSION_ENDED and server.phase is Phase.CLOSED
+
+
+# ---- the clinician's view: edit and delete a mark, end the session, the patient picker ---------------------
+
+def test_a_mark_can_be_edited_and_deleted_by_any_viewer(make_server):
+    server = make_server()
+
+    async def main():
+        ws = await connect(ws_url(server), open_timeout=10)
+        other = await connect(ws_url(server), open_timeout=10)
+        await recv_types(ws, ("hello", "snapshot"))
+        await recv_types(other, ("hello", "snapshot"))
+        await ws.send(json.dumps({"type": "mark", "text": "first", "id": "m1"}))
+        _, mark = await recv_types(ws, ("ack", "mark"))
+        key = {"t": mark["t"], "wall_time": mark["wall_time"]}
+        await ws.send(json.dumps({"type": "mark_edit", "id": "e1", **key, "text": "  second  "}))
+        ack, update = await recv_types(ws, ("ack", "mark_update"))
+        assert ack["of"] == "mark_edit" and ack["mark"]["text"] == "first"
+        assert update["mark"]["text"] == "second" and update["t"] == key["t"]
+        assert (await recv_type(other, "mark_update"))["mark"]["text"] == "second"  # every viewer hears it
+        late = await connect(ws_url(server), open_timeout=10)
+        _, snap = await recv_types(late, ("hello", "snapshot"))
+        assert [m["text"] for m in snap["marks"]] == ["second"]
+        await ws.send(json.dumps({"type": "mark_delete", "id": "d1", **key}))
+        ack, update = await recv_types(ws, ("ack", "mark_update"))
+        assert ack["of"] == "mark_delete" and update["mark"] is None
+        await ws.send(json.dumps({"type": "mark_delete", "id": "d2", **key}))
+        err = await recv_type(ws, "error")
+        assert err["code"] == "no_such_mark" and err["id"] == "d2"
+        await ws.send(json.dumps({"type": "mark_edit", "id": "e3", "t": 1e308, "wall_time": 1, "text": "x"}))
+        assert (await recv_type(ws, "error"))["code"] == "bad_field"
+        late2 = await connect(ws_url(server), open_timeout=10)
+        _, snap = await recv_types(late2, ("hello", "snapshot"))
+        assert snap["marks"] == []
+        for c in (ws, other, late, late2):
+            await c.close()
+
+    asyncio.run(main())
+
+
+def test_end_session_from_the_page_stops_the_pipeline(make_server):
+    server = make_server()
+
+    async def main():
+        ws = await connect(ws_url(server), open_timeout=10)
+        await recv_types(ws, ("hello", "snapshot"))
+        await ws.send(json.dumps({"type": "end_session", "id": "x"}))
+        ack = await recv_type(ws, "ack")
+        assert ack == {"type": "ack", "id": "x", "of": "end_session"}
+        await ws.close()
+
+    asyncio.run(main())
+    assert server.controls.stopped
+
+
+def test_the_patient_list_is_token_protected_and_from_the_store(make_server, tmp_path):
+    from monitor.history.store import Store
+
+    with Store.open(tmp_path / "m.sqlite") as store:
+        for pid in ("p-2", "p-1"):
+            store.begin_session(SessionInfo(session_id=f"s-{pid}", started_at=1767225600.0, model_id="m",
+                                            model_version="v", device="cpu", labels=("a",), source="t",
+                                            patient_id=pid))
+        server = make_server(store=store)
+        status, _, body = http_get(server, f"/api/patients?token={TOKEN}")
+        assert status == 200
+        data = json.loads(body)
+        assert [p["patient_id"] for p in data["patients"]] == ["p-1", "p-2"] and data["patients"][0]["sessions"] == 1
+        assert http_get(server, "/api/patients")[0] == 403
+        assert http_get(server, "/api/patients?token=wrong")[0] == 403
+    assert http_get(make_server(), f"/api/patients?token={TOKEN}")[0] == 404  # no store

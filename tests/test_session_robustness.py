@@ -276,3 +276,55 @@ def test_evaluate_on_a_folder_of_audio_says_what_it_needs(tmp_path, ravdess_dir)
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
     assert "training score" in proc.stderr or "bundle" in proc.stderr
+
+
+# ---- the clinician's view: calibration status --------------------------------------------------
+
+def test_the_summary_and_the_store_say_whether_the_speaker_was_enrolled(tmp_path, tiny_bundle, capsys):
+    """Without enrolment the summary says plainly that placement is uncalibrated; the store's row says so too."""
+    from monitor.history.store import Store
+
+    path, _, _ = _speech(tmp_path)
+    db, summary = tmp_path / "store.sqlite", tmp_path / "s.json"
+    assert main(["--input", str(path), "--fast", "--model", str(tiny_bundle), "--db", str(db), "--patient", "P1",
+                 "--summary-json", str(summary), "--no-dashboard"]) == EXIT_OK
+    err = capsys.readouterr().err
+    data = json.loads(summary.read_text())
+    assert data["calibration"]["enrolled"] is False and data["calibration"]["label"] == "uncalibrated"
+    assert "speaker calibration: Uncalibrated" in err and "population averages" in err
+    with Store.open(db) as store:
+        [row] = store.sessions("P1")
+    assert row.enrolled is False and row.to_dict()["enrolled"] is False
+    assert row.calibration["text"] == data["calibration"]["text"]
+
+
+def test_an_enrolled_session_reads_as_calibrated():
+    from monitor.live.placement import calibration_status
+
+    status = calibration_status({"normalization": "enrolment",
+                                 "speaker_baseline": {"source": "calm.wav", "created": 1.0, "seconds": 45.0}})
+    assert status["enrolled"] is True and status["label"] == "enrolled" and "45 s" in status["text"]
+    for settings in ({}, None, {"normalization": "population", "speaker_baseline": None}):
+        assert calibration_status(settings)["enrolled"] is False
+        assert calibration_status(settings)["text"].startswith("Uncalibrated")
+
+
+def test_an_edited_or_deleted_mark_is_changed_in_the_store(tmp_path):
+    """The dashboard's mark edit/delete reaches the store through the live sink, after the mark itself."""
+    from monitor.history.sink import StoreSink
+    from monitor.history.store import Store
+    from monitor.live.events import Mark, SessionInfo
+
+    with Store.open(tmp_path / "m.sqlite") as store:
+        sink = StoreSink(store, patient_id="P1")
+        sink.start(SessionInfo(session_id="s1", started_at=1767225600.0, model_id="m", model_version="v",
+                               device="cpu", labels=("a",), source="t", patient_id="P1"))
+        first, second = Mark(1.0, "first", 1767225601.0), Mark(2.0, "second", 1767225602.0)
+        sink.mark(first)
+        sink.mark(second)
+        sink.edit_mark(first, Mark(1.0, "first, edited", 1767225601.0))  # queued right behind the mark itself
+        sink.edit_mark(second, None)
+        sink.close()
+        assert [m["text"] for m in store.mark_records("s1")] == ["first, edited"]
+        assert sink.dropped_marks == 0
+        assert store.edit_mark("s1", 9.0, 1.0, "nothing there") == 0

@@ -202,9 +202,36 @@ def test_sink_stores_session_points_marks_and_a_clean_end(tmp_path):
         for p, r in zip(points, stored, strict=True):
             assert r == {"index": p.index, "t_start": p.t_start, "t_end": p.t_end, "valence": p.valence,
                          "arousal": p.arousal, "confidence": p.confidence, "probabilities": p.probabilities,
-                         "latency_ms": p.latency_ms, "wall_time": p.wall_time}
+                         "latency_ms": p.latency_ms, "wall_time": p.wall_time, "speaker": None,
+                         "speaker_score": None}
         assert store.audio_records("s1") == []  # no audio unless asked
         assert not store.audio_root.exists()
+
+
+def test_sink_keeps_only_counted_points_and_the_speech_per_voice(tmp_path):
+    """Issue 14: another voice's point (counted False) and its audio are not stored; the speech per voice is."""
+    from dataclasses import replace
+
+    from monitor.live.events import Status
+
+    with Store.open(tmp_path / "m.sqlite") as store:
+        sink = StoreSink(store, patient_id="P1", keep_audio=True)
+        sink.start(session_info("s1", 1_700_000_000.0, patient=None), heatmap=None)
+        speakers = ["patient", "clinician", "unknown", "patient"]
+        for i, who in enumerate(speakers):
+            point = replace(make_point(i, i * 2.0, 1_700_000_000.0 + i * 2.0 + 1.5), speaker=who,
+                            speaker_score=0.9, counted=who == "patient")
+            sink.point(point)
+            sink.segment_audio(point, np.full(16000, 0.25, dtype=np.float32))
+        sink.status(Status(t=9.0, speech_active=False, paused=False, frame_queue=0, segment_queue=0, result_queue=0,
+                           dropped_frames=0, failed_segments=0, segments=4, points=4, device="cpu",
+                           speaker_seconds={"patient": 3.0, "clinician": 1.5, "unknown": 1.5}))
+        sink.close()
+        assert sink.uncounted_points == 2 and sink.dropped == 0
+        stored = store.point_records("s1")
+        assert [r["index"] for r in stored] == [0, 3] and {r["speaker"] for r in stored} == {"patient"}
+        assert [r["index"] for r in store.audio_records("s1")] == [0, 3]
+        assert store.speaker_seconds("s1") == {"patient": 3.0, "clinician": 1.5, "unknown": 1.5}
 
 
 def test_sink_point_never_waits_for_the_disk(tmp_path):

@@ -104,25 +104,30 @@ def test_backbone_defaults_are_resolved_in_one_place():
     assert (features.feature_noise, features.mixup, features.min_epochs, features.seed) == (0.1, 0.2, 10, 5)
 
 
-def test_the_shipped_models_command_still_gives_its_recorded_settings_and_train_config():
-    """The command line stored in the shipped bundle, parsed today, gives the settings and the TrainConfig it was
+@pytest.mark.parametrize("name, card_file", [("egemaps", "model_card_egemaps.md"), ("whisper", "model_card.md")])
+def test_the_shipped_models_command_still_gives_its_recorded_settings_and_train_config(name, card_file):
+    """The command line stored in each shipped bundle, parsed today, gives the settings and the TrainConfig it was
     trained with (so `python -m training build` with the model card's command rebuilds the same model)."""
     from monitor.model.bundle import SHIPPED_BUNDLES
     from training.settings import Settings
 
-    meta = json.loads((SHIPPED_BUNDLES["egemaps"] / "bundle.json").read_text())
+    if name not in SHIPPED_BUNDLES:
+        pytest.skip(f"no shipped bundle named {name}")
+    meta = json.loads((SHIPPED_BUNDLES[name] / "bundle.json").read_text())
     prov = meta["provenance"]
     argv = shlex.split(prov["command"])
     assert argv[:4] == ["python", "-m", "training", "build"]
     settings = _settings(argv[3:])
-    recorded = {k: v for k, v in prov["config"].items() if k not in ("train", "val_speakers", "reducer")}
+    # the fitted layer weights are recorded beside the settings, but are an outcome, not a setting
+    outcomes = ("train", "val_speakers", "reducer", "layer_weights")
+    recorded = {k: v for k, v in prov["config"].items() if k not in outcomes}
     now = settings.to_json()
     assert {k: now[k] for k in recorded} == recorded
     # settings added since the bundle was built keep, at their defaults, what it was trained with
     assert {k: v for k, v in now.items() if k not in recorded} == {
         k: v for k, v in Settings().to_json().items() if k not in recorded}
-    assert json.loads(json.dumps(asdict(settings.train_config("egemaps")))) == prov["config"]["train"]
-    card = (Path(__file__).resolve().parents[1] / "docs" / "model_card.md").read_text()
+    assert json.loads(json.dumps(asdict(settings.train_config(meta["backbone"]["kind"])))) == prov["config"]["train"]
+    card = (Path(__file__).resolve().parents[1] / "docs" / card_file).read_text()
     command = card.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
     assert _settings(shlex.split(command)[3:]) == settings  # the card's command: the same settings
 
@@ -523,3 +528,20 @@ def test_tiny_wavlm_end_to_end_into_a_bundle_the_monitor_loads(tmp_path, finetun
     assert emb.shape == (3, 100) and np.all(np.isfinite(emb)) and probs.shape == (3, 3)
     points = load_bundle(out).reducer.transform(emb)
     assert points.shape == (3, 2)
+
+
+def test_model_card_tables_come_from_the_metrics_with_the_corpora_mean():
+    from training.card import card_tables
+
+    def stat(mean: float, std: float = 0.0, n: int = 3) -> dict[str, float]:
+        return {"mean": mean, "std": std, "n": n}
+
+    summary = {f"corpus:{c}": {"uar": stat(u), "ccc_valence": stat(v), "ccc_arousal": stat(0.5),
+                               "unenrolled_uar": stat(u - 0.1), "valence_bias": stat(-0.05),
+                               "neutral_v": stat(0.1), "neutral_a": stat(-0.2), "neutral_r": stat(0.22)}
+               for c, u, v in (("ravdess", 0.6, 0.3), ("emovo", 0.4, 0.1), ("jl", 0.5, 0.2))}
+    summary["speakers"] = {"uar": stat(0.7, 0.05), "ccc_valence": stat(0.6), "ccc_arousal": stat(0.8)}
+    text = card_tables(summary)
+    assert "| **mean of the corpora** | **0.50** | **0.20** | **0.50** | **0.40** |" in text
+    assert "| RAVDESS 4-fold by actor | 0.70 ± 0.05 |" in text
+    assert "| emovo | enrolled | -0.05 ± 0.00 | (0.10 ± 0.00, -0.20 ± 0.00) | 0.22 ± 0.00 |" in text

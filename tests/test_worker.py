@@ -108,3 +108,70 @@ def test_close_drains_everything_queued():
 def test_bad_config():
     with pytest.raises(ValueError):
         WorkerConfig(max_batch=0)
+
+
+class FakeEncoder:
+    """A speaker encoder whose embedding is the segment's level: 0.1 sounds like the patient, 0.3 like the
+    clinician, 0.2 like both (overlapped speech); fails when told to."""
+
+    name, version, dim = "fake-encoder", "1", 2
+
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+        self.batches: list[int] = []
+
+    def embed(self, waves):
+        self.batches.append(len(waves))
+        if self.fail:
+            raise RuntimeError("encoder broke")
+        angle = np.array([(float(np.mean(w)) - 0.1) / 0.2 * (np.pi / 2) for w in waves])
+        return np.stack([np.cos(angle), np.sin(angle)], axis=1).astype(np.float32)
+
+
+def _attributor(fail: bool = False):
+    from calibration.attribution import Voiceprint
+    from monitor.live.speakers import SpeakerAttributor
+
+    patient = Voiceprint(np.array([1.0, 0.0]), 1, 10.0, "fake-encoder", "1")
+    clinician = Voiceprint(np.array([0.0, 1.0]), 1, 10.0, "fake-encoder", "1")
+    return SpeakerAttributor(FakeEncoder(fail), patient, clinician)
+
+
+def long_seg(i: int, value: float) -> Segment:
+    return Segment(index=i, t_start=2.0 * i, t_end=2.0 * i + 1.5, audio=np.full(24000, value, dtype=np.float32),
+                   closed_at=time.monotonic())
+
+
+def test_segments_are_attributed_in_the_same_batch_as_their_emotion():
+    model, speakers = RecordingModel(), _attributor()
+    model.gate.clear()
+    worker = EmbeddingWorker(model, WorkerConfig(max_batch=4, max_wait_ms=5), speakers=speakers)
+    worker.start()
+    worker.submit(long_seg(0, 0.1))
+    time.sleep(0.05)
+    for i, value in enumerate((0.3, 0.2, 0.1), start=1):
+        worker.submit(long_seg(i, value))
+    model.gate.set()
+    worker.close()
+    results = drain(worker)
+    assert [r.attribution.speaker for r in results] == ["patient", "clinician", "unknown", "patient"]
+    assert speakers.encoder.batches == model.batches  # one voiceprint call per emotion batch, same segments
+
+
+def test_a_failing_speaker_encoder_makes_segments_unknown_never_the_patient():
+    model, speakers = RecordingModel(), _attributor(fail=True)
+    worker = EmbeddingWorker(model, WorkerConfig(), speakers=speakers)
+    worker.start()
+    worker.submit(long_seg(0, 0.1))
+    worker.close()
+    (result,) = drain(worker)
+    assert result.attribution.speaker == "unknown" and result.attribution.reason == "error"
+    assert speakers.failed_batches == 1 and worker.failed_segments == 0  # the emotion point still goes through
+
+
+def test_voiceprints_from_another_encoder_are_refused():
+    from calibration.attribution import Voiceprint, VoiceprintError
+    from monitor.live.speakers import SpeakerAttributor
+
+    with pytest.raises(VoiceprintError, match="enrol again"):
+        SpeakerAttributor(FakeEncoder(), Voiceprint(np.array([1.0, 0.0]), 1, 10.0, "resemblyzer-ge2e"))

@@ -10,6 +10,7 @@ Subcommands
   score       a bundle on a folder of audio: metrics.json + circumplex.png (calibration.evaluate)
   manifest    write the manifest CSV of some corpora and report skipped files
   extract     fill the feature cache (eGeMAPSv02 / ComParE_2016, optionally augmented copies)
+  card        the model card's tables from a bundle's held-out metrics or an experiment's JSON
 
 build, evaluate, experiment and ablate read the same setting flags with the same defaults
 (training/settings.py), so a flag means the same model in each. `python -m training COMMAND --help`
@@ -133,6 +134,10 @@ bundle's reducer on exported embeddings instead: python -m calibration.evaluate.
   python -m training extract --corpora ravdess emovo jl
   python -m training extract --variants clean noise reverb noise+reverb --feature-set ComParE_2016
   python -m training extract --backbone whisper --variants clean room      # live-VAD segments, Whisper layers
+""",
+    "card": """Examples
+  python -m training card monitor/model/bundles/whisper       # the tables of docs/model_card.md
+  python -m training card results.json                         # an experiment's --out
 """,
 }
 
@@ -269,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_args(t)
     t.add_argument("--variants", nargs="+", default=["clean"],
                    help="clean, or augmentations such as room, noise, reverb, noise+reverb (default: clean)")
+
+    c = command("card", "print the model card's tables (held-out scores, lean of a new speaker)")
+    c.add_argument("source", help="a bundle folder or bundle.json (its held-out metrics), or an experiment JSON")
     return p
 
 
@@ -603,9 +611,17 @@ def _build_wavlm(args: argparse.Namespace, manifest: Manifest, settings: Setting
     return _finish(args, settings, manifest, val, trained, out, work)
 
 
+def cmd_card(args: argparse.Namespace) -> int:
+    """Print the model card's tables from a bundle's held-out metrics or an experiment's JSON."""
+    from training.card import card_tables, load_summary
+
+    print(card_tables(load_summary(args.source)), end="")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "build": cmd_build, "evaluate": cmd_protocols, "experiment": cmd_protocols, "ablate": cmd_ablate,
-    "score": cmd_score, "manifest": cmd_manifest, "extract": cmd_extract,
+    "score": cmd_score, "manifest": cmd_manifest, "extract": cmd_extract, "card": cmd_card,
 }
 
 

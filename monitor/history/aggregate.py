@@ -30,6 +30,7 @@ from scipy.ndimage import gaussian_filter
 
 from calibration.jsonable import to_jsonable
 from calibration.quadrants import NEUTRAL_RADIUS, quadrant_masks
+from monitor.live.placement import calibration_status
 
 if TYPE_CHECKING:  # pragma: no cover
     from monitor.history.store import PointTable, SessionRow, Store
@@ -259,7 +260,7 @@ def session_codes(point_sessions: np.ndarray, session_ids: Sequence[str]) -> np.
 
 
 def _session_row(s: "SessionRow", sub: "PointTable", day: date, zone: tzinfo | None, cfg: AggregateConfig,
-                 detail: bool) -> dict[str, Any]:
+                 detail: bool, mark_list: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     w = point_weights(sub.duration, sub.confidence, cfg.use_confidence)
     total = float(w.sum())
     row: dict[str, Any] = {
@@ -275,9 +276,12 @@ def _session_row(s: "SessionRow", sub: "PointTable", day: date, zone: tzinfo | N
         "end_state": s.end_state,
         "model_id": s.model_id,
         "marks": s.marks,
+        "calibration": {k: v for k, v in calibration_status(s.settings).items() if k in ("enrolled", "label", "text")},
     }
     if detail:
         row.update(summarize(sub, cfg))
+        # The marks themselves (the report draws them on its time lines and lists their text).
+        row["mark_list"] = [{"t": m["t"], "text": m["text"], "at": iso(m["wall_time"], zone)} for m in mark_list or []]
     return row
 
 
@@ -332,7 +336,8 @@ def build_history(store: "Store", patient_id: str | None, start: date, end: date
         "units": "heat map cells: share of the period's speech (duration x confidence), smoothed; "
                  "valence/arousal in [-1, 1]",
         "days": days,
-        "sessions": [_session_row(s, table.select(which), session_date[k], zone, cfg, session_detail)
+        "sessions": [_session_row(s, table.select(which), session_date[k], zone, cfg, session_detail,
+                                  store.mark_records(s.session_id) if session_detail else None)
                      for k, (s, which) in enumerate(zip(sessions, group_positions(point_session, len(sessions)),
                                                         strict=True))],
         "scale_max": max((e["heatmap"]["max"] for e in days), default=0.0),

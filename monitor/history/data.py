@@ -68,9 +68,11 @@ def cmd_sessions(store: Store, args: argparse.Namespace) -> int:
         return 0
     _print_table([[r.session_id, r.patient_id or "(unassigned)", _when(r.started_at),
                    f"{r.minutes:.1f}" if r.minutes is not None else "-",
-                   str(r.points), f"{r.speech_seconds:.0f}", str(r.marks), r.end_state or "running", r.model_id]
+                   str(r.points), f"{r.speech_seconds:.0f}", str(r.marks), r.end_state or "running",
+                   r.calibration["label"], r.model_id]
                   for r in rows],
-                 ["session", "patient", "started", "minutes", "points", "speech s", "marks", "ended", "model"])
+                 ["session", "patient", "started", "minutes", "points", "speech s", "marks", "ended", "calibration",
+                  "model"])
     return 0
 
 

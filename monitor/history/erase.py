@@ -22,7 +22,7 @@ def delete_sessions(db: Database, session_ids: Sequence[str]) -> int:
 
 
 def delete_patient(db: Database, patient_id: str) -> int:
-    """Delete everything about a patient (sessions, points, marks, audio, baselines, the id itself).
+    """Delete everything about a patient (sessions, points, marks, audio, baselines, voiceprint, the id itself).
 
     Returns the number of sessions deleted; KeyError when the store knows
     neither the patient nor any session of theirs.
@@ -48,6 +48,7 @@ def _delete(db: Database, session_ids: Sequence[str], patient_id: str | None) ->
                 c.execute("DELETE FROM sessions WHERE id = ?", (rowid,))
             if patient_id is not None:
                 c.execute("DELETE FROM baselines WHERE patient_id = ?", (patient_id,))
+                c.execute("DELETE FROM voiceprints WHERE role = 'patient' AND owner_id = ?", (patient_id,))
                 c.execute("DELETE FROM patients WHERE patient_id = ?", (patient_id,))
     finally:
         conn.execute("PRAGMA secure_delete = OFF")
@@ -55,3 +56,16 @@ def _delete(db: Database, session_ids: Sequence[str], patient_id: str | None) ->
         remove_tree(folder)
     db.checkpoint()  # the WAL still holds the deleted rows until it is copied back and truncated
     return len(session_ids)
+
+
+def delete_clinician(db: Database, clinician_id: str) -> int:
+    """Delete a clinician's voiceprints (biometric data), freed pages overwritten; returns how many were deleted."""
+    conn = db.conn
+    conn.execute("PRAGMA secure_delete = ON")
+    try:
+        with db.transaction() as c:
+            n = c.execute("DELETE FROM voiceprints WHERE role = 'clinician' AND owner_id = ?", (clinician_id,)).rowcount
+    finally:
+        conn.execute("PRAGMA secure_delete = OFF")
+    db.checkpoint()
+    return int(n)

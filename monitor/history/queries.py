@@ -16,6 +16,7 @@ from typing import Any, Sequence, TypeVar
 import numpy as np
 
 from monitor.history.database import Database
+from monitor.live.placement import calibration_status
 
 _Row = TypeVar("_Row", "PatientRow", "SessionRow")
 
@@ -57,8 +58,17 @@ class SessionRow:
         """The session's length: its audio (a replay at any speed), else its wall-clock time; None while running."""
         return session_minutes(self.started_at, self.ended_at, self.audio_seconds)
 
+    @property
+    def calibration(self) -> dict[str, Any]:
+        """Enrolled or uncalibrated, from the settings the session recorded (no column: older files read the same)."""
+        return calibration_status(self.settings)
+
+    @property
+    def enrolled(self) -> bool:
+        return bool(self.calibration["enrolled"])
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "enrolled": self.enrolled}
 
 
 def session_minutes(started_at: float, ended_at: float | None, audio_seconds: float | None) -> float | None:
@@ -221,7 +231,8 @@ def points(db: Database, session_ids: Sequence[str]) -> PointTable:
 def point_records(db: Database, session_id: str) -> list[dict[str, Any]]:
     """A session's points as dicts (every stored field), for export."""
     rows = db.conn.execute(
-        """SELECT idx AS "index", t_start, t_end, valence, arousal, confidence, probabilities, latency_ms, wall_time
+        """SELECT idx AS "index", t_start, t_end, valence, arousal, confidence, probabilities, latency_ms, wall_time,
+                  speaker, speaker_score
            FROM points WHERE session = ? ORDER BY idx""", (session_rowid(db, session_id),)).fetchall()
     return [{**dict(r), "probabilities": json.loads(r["probabilities"] or "{}")} for r in rows]
 
@@ -249,3 +260,18 @@ def baseline_history(db: Database, patient_id: str) -> list[dict[str, Any]]:
     rows = db.conn.execute("SELECT model_id, created_at, replaced_at, baseline FROM baselines "
                            "WHERE patient_id = ? ORDER BY created_at, id", (patient_id,)).fetchall()
     return [{**dict(r), "baseline": json.loads(r["baseline"])} for r in rows]
+
+
+# ---- voiceprints ----------------------------------------------------------------------------
+def get_voiceprint(db: Database, role: str, owner_id: str, encoder: str) -> dict[str, Any] | None:
+    """A patient's or clinician's voiceprint for this speaker encoder, or None."""
+    row = db.conn.execute("SELECT voiceprint FROM voiceprints WHERE role = ? AND owner_id = ? AND encoder = ?",
+                          (role, owner_id, encoder)).fetchone()
+    return None if row is None else dict(json.loads(row["voiceprint"]))
+
+
+def session_speaker_seconds(db: Database, session_id: str) -> dict[str, float] | None:
+    """The session's speech time per attributed voice, or None (not attributed, or still running)."""
+    row = db.conn.execute("SELECT speaker_seconds FROM sessions WHERE id = ?",
+                          (session_rowid(db, session_id),)).fetchone()
+    return None if row is None or row["speaker_seconds"] is None else dict(json.loads(row["speaker_seconds"]))

@@ -91,6 +91,20 @@ MIGRATIONS: list[list[str]] = [
         "WHERE ended_at IS NOT NULL AND ended_at - started_at < (SELECT MAX(t_end) FROM points "
         "WHERE session = sessions.id)",  # older replays: at least their last point's end
     ],
+    # v4: whose voice a point is (issue 14), the session's speech time per voice, and enrolled voiceprints.
+    [
+        "ALTER TABLE points ADD COLUMN speaker TEXT",          # patient | clinician | unknown; NULL: not attributed
+        "ALTER TABLE points ADD COLUMN speaker_score REAL",    # cosine with that voice's voiceprint
+        "ALTER TABLE sessions ADD COLUMN speaker_seconds TEXT",  # JSON {speaker: seconds}; NULL: not attributed
+        """CREATE TABLE voiceprints (
+            role TEXT NOT NULL CHECK (role IN ('patient', 'clinician')),
+            owner_id TEXT NOT NULL,               -- the patient id or the clinician id
+            encoder TEXT NOT NULL,                -- the speaker encoder that made it
+            created_at REAL NOT NULL,
+            voiceprint TEXT NOT NULL,             -- JSON object (calibration.attribution.Voiceprint); biometric data
+            PRIMARY KEY (role, owner_id, encoder)
+        ) WITHOUT ROWID""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

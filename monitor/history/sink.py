@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 2.0
 BATCH_MAX = 1000
 
-_START, _POINT, _MARK, _AUDIO, _END = "start", "point", "mark", "audio", "end"
+_START, _POINT, _MARK, _AUDIO, _END, _EDIT = "start", "point", "mark", "audio", "end", "edit"
 _Item = tuple[str, Any]
 
 
@@ -45,7 +45,8 @@ class _Batch:
     points: list[Point] = field(default_factory=list)
     marks: list[Mark] = field(default_factory=list)
     audio: list[tuple[int, np.ndarray]] = field(default_factory=list)
-    end: tuple[float, float | None] | None = None  # (wall time, seconds of audio)
+    edits: list[tuple[Mark, Mark | None]] = field(default_factory=list)  # (mark, new version or None: deleted)
+    end: tuple[float, float | None, dict[str, float] | None] | None = None  # (wall time, audio s, speech per voice)
 
     @classmethod
     def of(cls, items: list[_Item]) -> "_Batch":
@@ -59,6 +60,8 @@ class _Batch:
                 batch.marks.append(value)
             elif kind == _AUDIO:
                 batch.audio.append(value)
+            elif kind == _EDIT:
+                batch.edits.append(value)
             elif kind == _END:
                 batch.end = value
         return batch
@@ -94,6 +97,9 @@ class StoreSink:
         self._created = False  # writer thread only
         self._last_beat = 0.0  # writer thread only
         self._audio_seconds: float | None = None  # the session time reached, from the pipeline's status
+        self._speaker_seconds: dict[str, float] | None = None  # speech per attributed voice, from the status
+        #: Points not stored because they are not the patient's (another voice; see ``Point.counted``).
+        self.uncounted_points = 0
         self._gone = False  # writer thread only: the session's rows were deleted while it ran
 
     # -- counters (read from any thread)
@@ -136,17 +142,26 @@ class StoreSink:
         self._thread.start()
 
     def point(self, point: Point) -> None:
+        """Queue a point; one that is not the patient's (``counted`` False) is not stored (docs/store.md says why)."""
+        if not point.counted:
+            self.uncounted_points += 1
+            return
         self._put((_POINT, point), "points")
 
     def mark(self, mark: Mark) -> None:
         self._put((_MARK, mark), "marks")
 
+    def edit_mark(self, old: Mark, new: Mark | None) -> None:
+        """Queue a mark's new text (or its deletion, ``new=None``): written after the mark itself, in order."""
+        self._put((_EDIT, (old, new)), "marks")
+
     def status(self, status: Status) -> None:
         self._audio_seconds = float(status.t)  # the writer keeps its own heartbeat; the end records this
+        self._speaker_seconds = dict(status.speaker_seconds) or None
 
     def segment_audio(self, point: Point, audio: np.ndarray) -> None:
         """Queue a segment's audio (float32, 16 kHz mono) for storage; ignored unless ``keep_audio``."""
-        if not self.keep_audio:
+        if not self.keep_audio or not point.counted:  # another voice's audio is not the patient's to keep
             return
         with self._lock:
             if self._audio_pending >= self.max_audio_pending:
@@ -161,7 +176,7 @@ class StoreSink:
         if self._thread is None:
             return
         try:
-            self._queue.put((_END, (time.time(), self._audio_seconds)), timeout=10.0)
+            self._queue.put((_END, (time.time(), self._audio_seconds, self._speaker_seconds)), timeout=10.0)
         except queue.Full:
             log.error("the store writer is stuck; the session end could not be recorded")
         self._thread.join(timeout=60.0)
@@ -225,13 +240,18 @@ class StoreSink:
                 self._count("points", len(batch.points))
                 self._count("marks", len(batch.marks))
             self._last_beat = time.monotonic()
+        for old, new in batch.edits:  # after this batch's new marks, which an edit may refer to
+            if not self._retry(partial(self.store.edit_mark, sid, old.t, old.wall_time,
+                                       None if new is None else new.text)):
+                self._count("marks")
         for index, samples in batch.audio:
             if not self._retry(partial(self.store.add_segment_audio, sid, index, samples)):
                 self._count("audio")
             self._audio_done()
         if batch.end is not None:
-            ended_at, audio_seconds = batch.end
-            self._retry(partial(self.store.end_session, sid, ended_at, audio_seconds=audio_seconds))
+            ended_at, audio_seconds, speaker_seconds = batch.end
+            self._retry(partial(self.store.end_session, sid, ended_at, audio_seconds=audio_seconds,
+                                speaker_seconds=speaker_seconds))
 
     def _lose(self, batch: _Batch) -> None:
         """The session row could not be created, or was deleted: count what this batch held as dropped."""

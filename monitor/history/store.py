@@ -11,6 +11,7 @@ Layout (``docs/store.md`` has the full schema)::
                               1──n  marks
                               1──n  segment_audio  (only with --keep-audio: FLAC files next to the db)
     patients  1──n  baselines (speaker baselines from enrolment; replaced ones are kept)
+    voiceprints      (a patient's or a clinician's, per speaker encoder; biometric, never exported)
 
 ``Store`` is the one object callers hold; each of its jobs lives in its own module:
 
@@ -34,6 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from calibration.attribution import Voiceprint
 from calibration.speaker import SpeakerBaseline
 from monitor.history import audio_files, erase, queries, writes
 from monitor.history.audio_files import AUDIO_DIR
@@ -143,14 +145,18 @@ class Store:
         """Commit a session's points and marks in one transaction, stamping its heartbeat (the live sink's write)."""
         writes.write_batch(self.db, session_id, points, marks, heartbeat=heartbeat)
 
+    def edit_mark(self, session_id: str, t: float, wall_time: float, text: str | None) -> int:
+        """Change a mark's text or delete it (``text=None``); the number of rows changed (0: no such mark)."""
+        return writes.edit_mark(self.db, session_id, t, wall_time, text)
+
     def add_points(self, session_id: str, points: Sequence[Point]) -> None:
         """Store points of a session (imports, tests); no heartbeat, unlike a live writer."""
         writes.write_batch(self.db, session_id, points, heartbeat=False)
 
     def end_session(self, session_id: str, ended_at: float | None = None, state: str = "clean",
-                    audio_seconds: float | None = None) -> None:
-        """Record the session's end (and the seconds of audio it covered); KeyError if it is not there."""
-        writes.end_session(self.db, session_id, ended_at, state, audio_seconds)
+                    audio_seconds: float | None = None, speaker_seconds: dict[str, float] | None = None) -> None:
+        """Record the session's end (the seconds of audio it covered, speech per voice); KeyError if it is not there."""
+        writes.end_session(self.db, session_id, ended_at, state, audio_seconds, speaker_seconds)
 
     def retime_session(self, session_id: str, started_at: float, *, as_live: bool = False,
                        duration: float | None = None) -> None:
@@ -183,6 +189,24 @@ class Store:
 
     def baseline_history(self, patient_id: str) -> list[dict[str, Any]]:
         return queries.baseline_history(self.db, patient_id)
+
+    # -- voiceprints (biometric data: only here, deleted with the patient, never exported)
+    def set_voiceprint(self, role: str, owner_id: str, voiceprint: Voiceprint) -> None:
+        """Keep the patient's or clinician's voiceprint (replacing theirs for the same encoder)."""
+        writes.set_voiceprint(self.db, role, owner_id, voiceprint.to_json())
+
+    def voiceprint(self, role: str, owner_id: str, encoder: str) -> Voiceprint | None:
+        """The enrolled voiceprint for this speaker encoder, or None."""
+        data = queries.get_voiceprint(self.db, role, owner_id, encoder)
+        return None if data is None else Voiceprint.from_json(data)
+
+    def speaker_seconds(self, session_id: str) -> dict[str, float] | None:
+        """A finished session's speech time per attributed voice (None: not attributed)."""
+        return queries.session_speaker_seconds(self.db, session_id)
+
+    def delete_clinician(self, clinician_id: str) -> int:
+        """Delete a clinician's voiceprints; returns how many there were."""
+        return erase.delete_clinician(self.db, clinician_id)
 
     # -- reading
     def has_patient(self, patient_id: str) -> bool:

@@ -51,9 +51,10 @@ def write_batch(db: Database, session_id: str, points: Sequence[Point] = (), mar
         rowid = session_rowid(db, session_id, c)
         c.executemany(
             "INSERT OR REPLACE INTO points(session, idx, t_start, t_end, valence, arousal, confidence, probabilities,"
-            " latency_ms, wall_time) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            " latency_ms, wall_time, speaker, speaker_score) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             [(rowid, int(p.index), float(p.t_start), float(p.t_end), float(p.valence), float(p.arousal),
-              float(p.confidence), json.dumps(p.probabilities), float(p.latency_ms), float(p.wall_time))
+              float(p.confidence), json.dumps(p.probabilities), float(p.latency_ms), float(p.wall_time),
+              p.speaker, None if p.speaker_score is None else float(p.speaker_score))
              for p in points])
         c.executemany("INSERT INTO marks(session, t, text, wall_time, source) VALUES (?,?,?,?,?)",
                       [(rowid, float(m.t), m.text, float(m.wall_time), m.source) for m in marks])
@@ -62,15 +63,18 @@ def write_batch(db: Database, session_id: str, points: Sequence[Point] = (), mar
 
 
 def end_session(db: Database, session_id: str, ended_at: float | None = None, state: str = "clean",
-                audio_seconds: float | None = None) -> None:
+                audio_seconds: float | None = None, speaker_seconds: dict[str, float] | None = None) -> None:
     """Record the end; ``audio_seconds``: the session time reached (a --fast replay ends long before its audio
-    would have). Raises KeyError when the session is not there (deleted while it ran)."""
+    would have); ``speaker_seconds``: speech time per attributed voice (None: not attributed).
+    Raises KeyError when the session is not there (deleted while it ran)."""
     with db.transaction() as c:
         session_rowid(db, session_id, c)
         c.execute("UPDATE sessions SET ended_at = ?, end_state = ?, heartbeat_at = ?, "
-                  "audio_seconds = COALESCE(?, audio_seconds) WHERE session_id = ?",
+                  "audio_seconds = COALESCE(?, audio_seconds), speaker_seconds = COALESCE(?, speaker_seconds) "
+                  "WHERE session_id = ?",
                   (float(ended_at if ended_at is not None else time.time()), state, time.time(),
-                   None if audio_seconds is None else float(audio_seconds), session_id))
+                   None if audio_seconds is None else float(audio_seconds),
+                   json.dumps(speaker_seconds) if speaker_seconds else None, session_id))
 
 
 def retime_session(db: Database, session_id: str, started_at: float, *, as_live: bool = False,
@@ -102,6 +106,24 @@ def retime_session(db: Database, session_id: str, started_at: float, *, as_live:
                   (float(started_at) + float(duration), rowid))
 
 
+#: How close a mark's times must be to the ones given to count as that mark (the wire rounds them to 1 ms).
+MARK_MATCH_S = 6e-4
+
+
+def edit_mark(db: Database, session_id: str, t: float, wall_time: float, text: str | None) -> int:
+    """Change a mark's text, or delete it (``text=None``); the mark is the one at session time ``t`` made at
+    ``wall_time`` (marks have no id on the wire). Returns how many rows changed (0: no such mark)."""
+    with db.transaction() as c:
+        rowid = session_rowid(db, session_id, c)
+        where = "session = ? AND ABS(t - ?) < ? AND ABS(wall_time - ?) < ?"
+        args = (rowid, float(t), MARK_MATCH_S, float(wall_time), MARK_MATCH_S)
+        if text is None:
+            cursor = c.execute(f"DELETE FROM marks WHERE {where}", args)
+        else:
+            cursor = c.execute(f"UPDATE marks SET text = ? WHERE {where}", (text, *args))
+        return int(cursor.rowcount)
+
+
 def assign_session(db: Database, session_id: str, patient_id: str) -> None:
     """Give a session recorded without --patient (or with a wrong one) to ``patient_id``."""
     with db.transaction() as c:
@@ -120,3 +142,19 @@ def set_baseline(db: Database, patient_id: str, baseline_json: dict[str, Any], m
                   (now, patient_id, model_id))
         c.execute("INSERT INTO baselines(patient_id, model_id, created_at, baseline) VALUES (?,?,?,?)",
                   (patient_id, model_id, now, text))
+
+
+def set_voiceprint(db: Database, role: str, owner_id: str, voiceprint_json: dict[str, Any]) -> None:
+    """Store a patient's or a clinician's voiceprint, replacing the one they had for the same encoder.
+
+    The old one is overwritten, not kept: a voiceprint is biometric data, kept only while it is in use.
+    A patient's is deleted with the patient (``erase.delete_patient``).
+    """
+    if role not in ("patient", "clinician"):
+        raise ValueError(f"a voiceprint belongs to a patient or a clinician, not {role!r}")
+    with db.transaction() as c:
+        if role == "patient":
+            ensure_patient(c, owner_id)
+        c.execute("INSERT OR REPLACE INTO voiceprints(role, owner_id, encoder, created_at, voiceprint) "
+                  "VALUES (?,?,?,?,?)", (role, owner_id, str(voiceprint_json["encoder"]), time.time(),
+                                         json.dumps(voiceprint_json)))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
+    from calibration.attribution import Attribution
     from monitor.live.heatmap import RollingHeatmap
 
 from monitor.audio.frames import Segment
@@ -22,11 +23,13 @@ from monitor.audio.frames import Segment
 
 @dataclass(frozen=True)
 class Embedded:
-    """The worker's output for one segment: emotion embedding and class probabilities."""
+    """The worker's output for one segment: emotion embedding, class probabilities and, when voiceprints are
+    enrolled, whose voice it is (``calibration.attribution.Attribution``)."""
 
     segment: Segment
     embedding: np.ndarray
     probabilities: np.ndarray
+    attribution: Attribution | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,13 @@ class Point:
     probabilities: dict[str, float]  # every class, in the model's label order
     latency_ms: float
     wall_time: float = field(default_factory=time.time)
+    #: Whose voice: "patient", "clinician" or "unknown"; None when no voiceprint is enrolled (not attributed).
+    speaker: str | None = None
+    #: The cosine with the named speaker's voiceprint (for unknown: the best one); None when not attributed.
+    speaker_score: float | None = None
+    #: Whether the point counts as the patient's (heat map, summaries, store): False for another voice's point
+    #: when only the patient is counted (the default with a patient voiceprint; ``--count all`` counts every voice).
+    counted: bool = True
 
     @property
     def duration(self) -> float:
@@ -101,6 +111,8 @@ class Status:
     device: str
     #: Segments the speech gate skipped as not speech (tones, hum, music, noise).
     nonspeech_segments: int = 0
+    #: Seconds of placed speech per attributed speaker (patient, clinician, unknown); empty when not attributing.
+    speaker_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

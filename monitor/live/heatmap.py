@@ -25,6 +25,9 @@ class HeatmapConfig:
     mode: "decay" (exponential, ``half_life_s``) or "window" (hard ``window_s``).
     bins: cells per axis. smoothing_sigma: Gaussian blur of snapshots, in cells (0 = none).
     max_points: bound on the points remembered by the window mode.
+    display_max_s: the dashboard's fixed colour scale: a cell holding this many seconds of recent speech
+    (confidence-weighted) or more gets the top colour. Fixed for the whole session, so a colour means the
+    same amount of speech at minute 5 and minute 50 (a scale that follows the peak would not compare).
     """
 
     bins: int = 48
@@ -34,6 +37,7 @@ class HeatmapConfig:
     smoothing_sigma: float = 1.0
     use_confidence: bool = True
     max_points: int = 100_000
+    display_max_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.bins < 2:
@@ -44,6 +48,8 @@ class HeatmapConfig:
             raise ValueError("heat map half-life and window must be positive")
         if self.smoothing_sigma < 0:
             raise ValueError("smoothing sigma must be >= 0")
+        if not self.display_max_s > 0:
+            raise ValueError("the heat map's colour scale maximum must be positive")
 
 
 @dataclass(frozen=True)

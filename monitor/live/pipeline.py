@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -35,9 +35,11 @@ from monitor.live.projection import Projector
 from monitor.audio.segmenter import VadConfig, VadSegmenter
 from monitor.audio.sources import AudioSource
 from monitor.live.worker import EmbeddingModel, EmbeddingWorker, WorkerConfig
+from monitor.live.placement import calibration_status
 
 if TYPE_CHECKING:  # pragma: no cover
     from calibration.speaker import SpeakerBaseline
+    from monitor.live.speakers import SpeakerAttributor
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,15 @@ class SessionSummary:
     output_failures: dict[str, int] = field(default_factory=dict)
     #: Input channels that were phase-inverted and turned round before mixing to mono (1-based).
     inverted_channels: list[int] = field(default_factory=list)
+    #: Whose points counted: "patient" (only the enrolled patient's voice) or "all" (every voice: no patient
+    #: voiceprint, or --count all).
+    counting: str = "all"
+    #: Seconds of placed speech per attributed voice (patient, clinician, unknown); empty when not attributing.
+    speaker_seconds: dict[str, float] = field(default_factory=dict)
+    #: Points that went into the heat map, summaries and store (the others are another voice's).
+    points_counted: int = 0
+    #: Whether placement was calibrated to the speaker (``monitor.live.placement.calibration_status``).
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     @property
     def outputs_complete(self) -> bool:
@@ -120,6 +131,15 @@ class SessionSummary:
                          "tones, hum, music or noise; see --speech-gate)")
         if self.repaired_samples:
             lines.append(f"  repaired samples (NaN/inf or clipped) {self.repaired_samples}")
+        if self.speaker_seconds:
+            voices = ", ".join(f"{k} {v:.1f} s" for k, v in self.speaker_seconds.items())
+            counted = ("only the patient's voice counted" if self.counting == "patient"
+                       else "every voice counted (--count all)")
+            lines.append(f"  voices: {voices}; {counted}: {self.points_counted} of {self.points} points")
+        else:
+            lines.append("  all voices counted (no patient voiceprint: enrol with --patient ID --enroll FILE)")
+        if self.calibration:
+            lines.append(f"  speaker calibration: {self.calibration['text']}")
         if self.inverted_channels:
             lines.append(f"  phase-inverted input channel(s) {', '.join(map(str, self.inverted_channels))} turned "
                          "round before mixing to mono")
@@ -139,11 +159,16 @@ class MonitorPipeline:
 
     def __init__(self, source: AudioSource, model: EmbeddingModel, projector: Projector,
                  sinks: Sequence[PointSink] = (), config: MonitorConfig | None = None,
-                 session: SessionInfo | None = None, baseline: SpeakerBaseline | None = None):
+                 session: SessionInfo | None = None, baseline: SpeakerBaseline | None = None,
+                 speakers: SpeakerAttributor | None = None):
         self.config = config or MonitorConfig()
         self.source = source
         self.segmenter = VadSegmenter(self.config.vad)
-        self.worker = EmbeddingWorker(model, self.config.worker, baseline=baseline)
+        self.speakers = speakers
+        self.worker = EmbeddingWorker(model, self.config.worker, baseline=baseline, speakers=speakers)
+        self._speaker_seconds: dict[str, float] = (
+            {"patient": 0.0, "clinician": 0.0, "unknown": 0.0} if speakers is not None else {})
+        self._points_counted = 0
         self.projector = projector
         self.heatmap = RollingHeatmap(self.config.heatmap)
         self.sinks = list(sinks)
@@ -164,6 +189,7 @@ class MonitorPipeline:
         self._input_abandoned = False
         self._segmenter_thread: threading.Thread | None = None
         self._output_failures: dict[str, int] = {}
+        self._marks: list[Mark] = []  # the session's marks, so the dashboard can edit or delete one
         self._paused = threading.Event()
         self._latencies: deque[float] = deque(maxlen=self.config.latency_history)
         self._segments = 0
@@ -218,6 +244,8 @@ class MonitorPipeline:
             raise ValueError(f"a mark's time must lie within the session (0 to {self.session_time:.1f} s), got {t}")
         mark = Mark(t=self.session_time if t is None else float(t), text=str(text), source=source)
         self._fan_out("mark", mark)
+        with self._sink_lock:
+            self._marks.append(mark)
         return mark
 
     # ---- stage 1+2: source -> segmenter -> worker queue (its own thread) --------------
@@ -268,7 +296,13 @@ class MonitorPipeline:
     # ---- stage 4+5: projector -> heat map -> sinks (the calling thread) -----------------
     def _dispatch(self, item: Embedded) -> None:
         point = self.projector(item)
-        self.heatmap.add_point(point)
+        if self.speakers is not None:  # another voice's point is labelled and passed on, but not the patient's
+            point = replace(point, counted=self.speakers.counts(point.speaker))
+            speaker = point.speaker or "unknown"
+            self._speaker_seconds[speaker] = self._speaker_seconds.get(speaker, 0.0) + point.duration
+        if point.counted:
+            self.heatmap.add_point(point)
+            self._points_counted += 1
         self._latencies.append(point.latency_ms)
         self._points += 1
         self._fan_out("point", point)
@@ -289,6 +323,24 @@ class MonitorPipeline:
                         name = output_name(sink)
                         self._output_failures[name] = self._output_failures.get(name, 0) + 1
 
+    def edit_mark(self, t: float, wall_time: float, text: str | None) -> Mark:
+        """Change the text of the mark made at ``wall_time`` for session time ``t``, or delete it (``text=None``),
+        in every output that keeps marks (the store, the dashboard). Returns the mark as it was; KeyError when
+        there is no such mark, RuntimeError once the outputs are closing."""
+        with self._sink_lock:
+            if self._sinks_closed:
+                raise RuntimeError("the session has ended")
+            old = next((m for m in self._marks if abs(m.t - t) < 6e-4 and abs(m.wall_time - wall_time) < 6e-4), None)
+            if old is None:
+                raise KeyError(f"no mark at {t:.3f} s made at {wall_time:.3f}")
+            new = None if text is None else replace(old, text=str(text))
+            if new is None:
+                self._marks.remove(old)
+            else:
+                self._marks[self._marks.index(old)] = new
+        self._fan_out("edit_mark", old, new, sinks=[s for s in self.sinks if callable(getattr(s, "edit_mark", None))])
+        return old
+
     def status(self) -> Status:
         return Status(
             t=self.session_time, speech_active=self.segmenter.speech_active, paused=self.paused,
@@ -296,6 +348,7 @@ class MonitorPipeline:
             result_queue=self.worker.results.qsize(), dropped_frames=self.source.dropped_frames,
             failed_segments=self.worker.failed_segments, segments=self._segments, points=self._points,
             device=str(self.session.device), nonspeech_segments=self.segmenter.discarded_nonspeech,
+            speaker_seconds={k: round(v, 3) for k, v in self._speaker_seconds.items()},
         )
 
     def _start_sinks(self) -> None:
@@ -320,6 +373,11 @@ class MonitorPipeline:
             # a model that cannot embed one second of silence will fail every segment: stop before the session
             raise ModelWarmUpError(f"the model failed its warm-up, so no segment could be analysed: "
                                    f"{self.worker.last_error}")
+        attribution = item[0].attribution
+        if attribution is not None and attribution.reason == "error":
+            # a speaker encoder that fails on silence fails on speech too: every point would be "unknown"
+            raise ModelWarmUpError("the speaker encoder failed its warm-up, so no segment could be attributed "
+                                   "(see the log)")
         self.projector(item[0])
         self.worker.failed_segments = 0
         self.worker.batches = 0
@@ -459,6 +517,10 @@ class MonitorPipeline:
             marks_not_stored=not_stored["marks"],
             output_failures=dict(self._output_failures),
             inverted_channels=[c + 1 for c in stats.inverted_channels],
+            counting=self.speakers.count if self.speakers is not None else "all",
+            speaker_seconds={k: round(v, 3) for k, v in self._speaker_seconds.items()},
+            points_counted=self._points_counted,
+            calibration=calibration_status(self.session.settings),
         )
 
 

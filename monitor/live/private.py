@@ -13,27 +13,10 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
+from monitor.model.datadir import PRIVATE_DIR_MODE, private_dir
+
 PRIVATE_FILE_MODE = 0o600
-PRIVATE_DIR_MODE = 0o700
-
-
-def private_dir(path: str | os.PathLike[str]) -> Path:
-    """Make ``path`` (and any missing parent) a folder; those created here are ``0700``. Returns the path."""
-    folder = Path(path)
-    missing: list[Path] = []
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        missing.append(probe)
-        probe = probe.parent
-    for part in reversed(missing):
-        try:
-            part.mkdir(mode=PRIVATE_DIR_MODE)
-        except FileExistsError:  # made meanwhile by someone else
-            continue
-        os.chmod(part, PRIVATE_DIR_MODE)  # mkdir's mode is filtered by the umask; this is not
-    if not folder.is_dir():
-        raise NotADirectoryError(f"{folder} is not a folder")
-    return folder
+__all__ = ["PRIVATE_DIR_MODE", "PRIVATE_FILE_MODE", "open_private", "private_dir", "write_private_text"]
 
 
 def open_private(path: str | os.PathLike[str], mode: str = "w", *, encoding: str | None = "utf-8",

@@ -80,4 +80,7 @@ class Projector:
             confidence=where.confidence,
             probabilities=where.probabilities,
             latency_ms=(time.monotonic() - segment.closed_at) * 1000.0,
+            speaker=None if item.attribution is None else item.attribution.speaker,
+            speaker_score=None if item.attribution is None or item.attribution.speaker_score is None
+            else round(float(item.attribution.speaker_score), 4),
         )

@@ -1,4 +1,5 @@
-"""The embedding worker: its own thread turns waiting segments into emotion embeddings.
+"""The embedding worker: its own thread turns waiting segments into emotion embeddings (and, with enrolled
+voiceprints, decides whose voice each one is, in the same batch).
 
 It takes whatever segments are waiting (up to ``max_batch``, waiting at most
 ``max_wait_ms`` for more once one has arrived), runs the model on them as one
@@ -24,6 +25,7 @@ from monitor.audio.frames import Segment
 
 if TYPE_CHECKING:  # pragma: no cover
     from calibration.speaker import SpeakerBaseline
+    from monitor.live.speakers import SpeakerAttributor
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +72,11 @@ class EmbeddingWorker(threading.Thread):
     """Consumes ``Segment``s from a bounded queue; puts ``Embedded`` results on ``results`` (``None`` last)."""
 
     def __init__(self, model: EmbeddingModel, config: WorkerConfig | None = None,
-                 results: queue.Queue[Embedded | None] | None = None, baseline: SpeakerBaseline | None = None):
+                 results: queue.Queue[Embedded | None] | None = None, baseline: SpeakerBaseline | None = None,
+                 speakers: SpeakerAttributor | None = None):
         super().__init__(name="embedding-worker", daemon=True)
         self.model = model
+        self.speakers = speakers  # enrolled voiceprints: each batch is also attributed to a voice
         self.config = config or WorkerConfig()
         self.baseline = baseline
         self.segments: queue.Queue[_SegmentItem] = queue.Queue(maxsize=self.config.queue_size)
@@ -132,9 +136,12 @@ class EmbeddingWorker(threading.Thread):
         return batch, False
 
     def _embed(self, batch: list[Segment]) -> list[Embedded]:
-        embeddings, probabilities = self.model.embed_waveforms([s.audio for s in batch], self.baseline)
+        waves = [s.audio for s in batch]
+        embeddings, probabilities = self.model.embed_waveforms(waves, self.baseline)
+        # the same batch, right after: a segment's voice is decided with its emotion, in the same order
+        attributions = self.speakers(waves) if self.speakers is not None else [None] * len(batch)
         self.batches += 1
-        return [Embedded(s, embeddings[i], probabilities[i]) for i, s in enumerate(batch)]
+        return [Embedded(s, embeddings[i], probabilities[i], attributions[i]) for i, s in enumerate(batch)]
 
     def process(self, batch: list[Segment]) -> list[Embedded]:
         """Embed a batch; on failure, retry one by one and skip only the segments that fail."""

@@ -43,8 +43,8 @@ BUNDLE_FORMAT = "mood-monitor-bundle"
 BUNDLE_VERSION = 1
 BACKBONE_DIR = "backbone"
 #: The bundles shipped with the package, by name; "default" is the one the monitor runs without --model.
-SHIPPED_BUNDLES = {"egemaps": Path(__file__).resolve().parent / "bundles" / "egemaps"}
-DEFAULT_MODEL = "egemaps"
+SHIPPED_BUNDLES = {name: Path(__file__).resolve().parent / "bundles" / name for name in ("whisper", "egemaps")}
+DEFAULT_MODEL = "whisper"  # docs/model_card.md; "egemaps" is the light fallback (docs/model_card_egemaps.md)
 
 __all__ = ["BundleError", "ModelBundle", "load_bundle", "load_model", "resolve_bundle"]
 

@@ -18,7 +18,26 @@ def default_data_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".local" / "share" / "mood-monitor"
 
 
-def private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) readable by the owner only; an existing folder is left as it is."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
+PRIVATE_DIR_MODE = 0o700
+
+
+def private_dir(path: str | os.PathLike[str]) -> Path:
+    """Make ``path`` (and any missing parent) a folder; those created here are ``0700``. Returns the path.
+
+    Folders that already exist keep their permissions (the user's own choice).
+    """
+    folder = Path(path)
+    missing: list[Path] = []
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for part in reversed(missing):
+        try:
+            part.mkdir(mode=PRIVATE_DIR_MODE)
+        except FileExistsError:  # made meanwhile by someone else
+            continue
+        os.chmod(part, PRIVATE_DIR_MODE)  # mkdir's mode is filtered by the umask; this is not
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not a folder")
+    return folder

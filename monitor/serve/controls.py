@@ -1,4 +1,4 @@
-"""What the dashboard may ask of the running session: pause, resume, marks and the session clock.
+"""What the dashboard may ask of the running session: pause, resume, marks (made, edited, deleted), the end.
 
 A Protocol rather than the pipeline's class, so the server stays testable with
 a stand-in and the dependency is spelled out where the server is built
@@ -27,6 +27,17 @@ class SessionControls(Protocol):
 
     def add_mark(self, text: str, t: float | None = None, source: str = "dashboard") -> Mark:
         """Record a mark in every output (and so back to the dashboard); RuntimeError once outputs are closing."""
+        ...
+
+    def edit_mark(self, t: float, wall_time: float, text: str | None) -> Mark:
+        """Change a mark's text, or delete it (``text=None``), in every output; returns the mark as it was.
+
+        KeyError: no such mark; RuntimeError: the outputs are closing.
+        """
+        ...
+
+    def stop(self) -> None:
+        """End the session as Ctrl-C would: what is queued is still analysed and stored."""
         ...
 
 

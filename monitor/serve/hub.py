@@ -23,11 +23,15 @@ from typing import TYPE_CHECKING, Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from calibration.quadrants import NEUTRAL_RADIUS, QUADRANT_NAMES
+from calibration.quadrants import AFFECT_WORDS, NEUTRAL_RADIUS, QUADRANT_NAMES
+from monitor.live.placement import calibration_status
 from monitor.serve import protocol
 from monitor.serve.config import ServerConfig
 from monitor.serve.controls import SessionControls, session_time
 from monitor.serve.protocol import SessionSummary, dumps, message
+
+#: What ``hello.speakers`` says: whose voice counts, and which voices are enrolled.
+SPEAKERS_FIELDS = ("counting", "patient", "clinician")
 
 if TYPE_CHECKING:  # pragma: no cover
     from monitor.live.events import Mark, Point, SessionInfo, Status
@@ -124,6 +128,7 @@ class ClientHub:
         self._points: deque[str] = deque(maxlen=config.snapshot_points)
         self._marks: deque[dict[str, Any]] = deque(maxlen=config.max_marks)
         self._summary = SessionSummary()
+        self._points_total = 0
         self._status: dict[str, Any] | None = None
         self._heat_seq = 0
         self._heat_dirty = True
@@ -143,6 +148,8 @@ class ClientHub:
             self.on_point(value)
         elif kind == "mark":
             self.on_mark(value)
+        elif kind == "mark_edit":
+            self.on_mark_edit(*value)
         elif kind == "status":
             self.on_status(value)
         else:
@@ -152,7 +159,9 @@ class ClientHub:
         body = protocol.point_body(point)
         text = dumps(body)
         self._points.append(text)
-        self._summary.add(body["valence"], body["arousal"], body["t_end"] - body["t_start"], body["confidence"])
+        self._points_total += 1
+        if body.get("counted", True):  # another voice's point is shown, labelled, but is not in the patient's summary
+            self._summary.add(body["valence"], body["arousal"], body["t_end"] - body["t_start"], body["confidence"])
         self._heat_dirty = True
         self.stats["points"] += 1
         self.broadcast('{"type":"point",' + text[1:])
@@ -161,6 +170,18 @@ class ClientHub:
         body = protocol.mark_body(mark)
         self._marks.append(body)
         self.broadcast(dumps(message("mark", **body)))
+
+    def on_mark_edit(self, old: Mark, new: Mark | None) -> None:
+        """Replace (or drop, ``new=None``) a mark in the snapshot's list and tell every viewer: ``mark_update``."""
+        key = protocol.mark_body(old)
+        body = None if new is None else protocol.mark_body(new)
+        kept = [m for m in self._marks if not (m["t"] == key["t"] and m["wall_time"] == key["wall_time"])]
+        if body is not None:
+            kept.append(body)
+            kept.sort(key=lambda m: (m["t"], m["wall_time"]))
+        self._marks.clear()
+        self._marks.extend(kept)
+        self.broadcast(dumps(message("mark_update", t=key["t"], wall_time=key["wall_time"], mark=body)))
 
     def on_status(self, status: Status) -> None:
         self._status = protocol.status_body(status)
@@ -172,7 +193,7 @@ class ClientHub:
             self._status = {"t": self.session_time(), "speech_active": False, "paused": paused, "queues": {},
                             "dropped_frames": 0, "failed_segments": 0, "segments": 0, "nonspeech_segments": 0,
                             "points": 0,
-                            "device": getattr(self.session, "device", None)}
+                            "device": getattr(self.session, "device", None), "speaker_seconds": {}}
         self._status["paused"] = paused
         self.broadcast_status()
 
@@ -310,7 +331,7 @@ class ClientHub:
         paused = self.controls is not None and bool(self.controls.paused)
         head = dumps(message(
             "snapshot", t=self.session_time(), paused=paused, ended=ended, heatmap=self._heatmap_frame(),
-            points_total=self._summary.points, marks=list(self._marks), summary=self._summary.to_dict(),
+            points_total=self._points_total, marks=list(self._marks), summary=self._summary.to_dict(),
             status=self._status,
         ))
         return head[:-1] + ',"points":[' + ",".join(self._points) + "]}"
@@ -324,14 +345,31 @@ class ClientHub:
                      "labels": list(s.labels)} if s is not None else None,
             model={"id": s.model_id, "version": s.model_version} if s is not None else None,
             device=s.device if s is not None else None,
-            heatmap={"bins": hm.bins, "mode": hm.mode, "half_life_s": hm.half_life_s, "window_s": hm.window_s}
+            heatmap={"bins": hm.bins, "mode": hm.mode, "half_life_s": hm.half_life_s, "window_s": hm.window_s,
+                     "scale_max": hm.display_max_s}
             if hm is not None else None,
             limits={"max_message_bytes": self.config.max_message_bytes, "heatmap_hz": self.config.heatmap_hz,
                     "client_queue_messages": self.config.client_queue_messages,
                     "max_mark_chars": protocol.MAX_MARK_CHARS},
             controls=self.controls is not None, history=self.history,
-            circumplex={"neutral_radius": NEUTRAL_RADIUS, "quadrants": QUADRANT_NAMES},
+            circumplex={"neutral_radius": NEUTRAL_RADIUS, "quadrants": QUADRANT_NAMES,
+                        "affect_words": [[word, deg] for word, deg in AFFECT_WORDS]},
+            calibration=self._calibration(),
+            speakers=self._speakers(),
         ))
+
+    def _calibration(self) -> dict[str, Any]:
+        """Whether placement is calibrated to the speaker (enrolled) or not; the page's header says it plainly."""
+        status = calibration_status(self.session.settings if self.session is not None else None)
+        return {k: status[k] for k in ("enrolled", "label", "text")}
+
+    def _speakers(self) -> dict[str, Any]:
+        """Whose voice counts in this session (``SpeakerAttributor.describe``): every voice unless a patient
+        voiceprint is enrolled; the page says so plainly."""
+        described = self.session.settings.get("speakers") if self.session is not None else None
+        if isinstance(described, dict):
+            return {k: described.get(k) for k in SPEAKERS_FIELDS}
+        return {"counting": "all", "patient": False, "clinician": False}
 
     def _status_message(self, client: Client) -> str | None:
         if self._status is None:

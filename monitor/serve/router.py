@@ -25,6 +25,7 @@ from monitor.serve.protocol import dumps
 STATIC_DIR = Path(__file__).with_name("static")
 WS_PATH = "/ws"
 HISTORY_PATH = "/api/history"
+PATIENTS_PATH = "/api/patients"
 #: path -> (file in STATIC_DIR, Content-Type)
 STATIC_ROUTES = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -72,6 +73,11 @@ class QueryHistory:
 
 
 @dataclass(frozen=True)
+class QueryPatients:
+    """The patients the store knows (the History view's picker); answered from the store, off the loop."""
+
+
+@dataclass(frozen=True)
 class AcceptWebsocket:
     """Let the websocket handshake go ahead."""
 
@@ -94,7 +100,7 @@ class Refuse:
         return (text + "\n").encode(), "text/plain; charset=utf-8"
 
 
-Decision = ServePage | QueryHistory | AcceptWebsocket | Refuse
+Decision = ServePage | QueryHistory | QueryPatients | AcceptWebsocket | Refuse
 
 
 def load_pages(folder: Path = STATIC_DIR) -> dict[str, bytes]:
@@ -136,6 +142,8 @@ class Router:
             return self._page(url.path, request, query, host)
         if url.path == HISTORY_PATH:
             return self._history(request, query)
+        if url.path == PATIENTS_PATH:
+            return self._patients(request, query)
         return Refuse(HTTPStatus.NOT_FOUND, "not found")
 
     def _websocket(self, request: HttpRequest, query: Query, host: str, upgrade: bool, accepting: bool,
@@ -179,6 +187,14 @@ class Router:
         if not 1 <= days <= 366:
             return Refuse(HTTPStatus.BAD_REQUEST, "days must be a whole number from 1 to 366", json=True)
         return QueryHistory(patient, days)
+
+    def _patients(self, request: HttpRequest, query: Query) -> Decision:
+        """Like the history: the token first (patient ids are clinical data), then whether a store backs it."""
+        if not self.token_ok(request, query):
+            return Refuse(HTTPStatus.FORBIDDEN, "wrong or missing token", json=True, audit=True)
+        if not self.history:
+            return Refuse(HTTPStatus.NOT_FOUND, _NO_STORE, json=True)
+        return QueryPatients()
 
     # ---- the checks --------------------------------------------------------------------------
     def token_ok(self, request: HttpRequest, query: Query) -> bool:

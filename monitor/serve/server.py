@@ -50,7 +50,8 @@ from monitor.serve.controls import SessionControls
 from monitor.serve.hub import Client, ClientHub
 from monitor.serve.lifecycle import Lifecycle, Phase
 from monitor.serve.protocol import ProtocolError, dumps, message
-from monitor.serve.router import AcceptWebsocket, HttpRequest, QueryHistory, Refuse, Router, ServePage, load_pages
+from monitor.serve.router import (AcceptWebsocket, HttpRequest, QueryHistory, QueryPatients, Refuse, Router, ServePage,
+                                  load_pages)
 
 if TYPE_CHECKING:  # pragma: no cover
     from monitor.history.store import Store
@@ -168,6 +169,10 @@ class DashboardServer:
 
     def mark(self, mark: Mark) -> None:
         self._bridge.post("mark", mark)
+
+    def edit_mark(self, old: Mark, new: Mark | None) -> None:
+        """A mark's new text, or its deletion (``new=None``), for every viewer (the pipeline calls this)."""
+        self._bridge.post("mark_edit", (old, new))
 
     def status(self, status: Status) -> None:
         self._bridge.post("status", status)
@@ -351,6 +356,26 @@ class DashboardServer:
             log.info("dashboard client %d: mark at %.1f s", client.id, mark.t)
             self._bridge.drain()  # the pipeline has fanned the mark out to us: broadcast it before the ack
             self._hub.send(client, message("ack", id=ref, of="mark", mark=protocol.mark_body(mark)))
+        elif kind in ("mark_edit", "mark_delete"):
+            await self._edit_mark(client, controls, msg)
+        elif kind == "end_session":
+            log.info("dashboard client %d: end the session", client.id)
+            controls.stop()
+            self._hub.send(client, message("ack", id=ref, of=kind))
+
+    async def _edit_mark(self, client: Client, controls: SessionControls, msg: dict[str, Any]) -> None:
+        """Change or delete a mark through the pipeline (store and every viewer), then acknowledge."""
+        kind, ref = msg["type"], msg["id"]
+        text = msg["text"] if kind == "mark_edit" else None
+        try:
+            old = await self._calls.run(controls.edit_mark, msg["t"], msg["wall_time"], text)
+        except KeyError as exc:
+            raise ProtocolError("no_such_mark", "no mark with that 't' and 'wall_time' in this session", ref) from exc
+        except RuntimeError as exc:
+            raise ProtocolError("session_ended", str(exc), ref) from exc
+        log.info("dashboard client %d: %s at %.1f s", client.id, "mark edited" if text else "mark deleted", old.t)
+        self._bridge.drain()  # broadcast the change before the ack
+        self._hub.send(client, message("ack", id=ref, of=kind, mark=protocol.mark_body(old)))
 
     # ---- HTTP: the router decides, this answers ---------------------------------------------
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -366,6 +391,8 @@ class DashboardServer:
             return _response(HTTPStatus.OK, decision.body, decision.content_type, decision.headers)
         if isinstance(decision, QueryHistory):
             return await self._history(decision)
+        if isinstance(decision, QueryPatients):
+            return await self._patients()
         return self._refuse(connection, decision)
 
     def _refuse(self, connection: ServerConnection, refusal: Refuse) -> Response:
@@ -390,6 +417,20 @@ class DashboardServer:
             log.exception("dashboard: building the history of a patient failed")
             return _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "could not build the history"})
         return _json(HTTPStatus.OK, data)
+
+    async def _patients(self) -> Response:
+        """``{"patients": [{"patient_id", "sessions", "last_session"}]}``, sorted by id (the History picker)."""
+        store = self.store
+        if store is None:  # the router does not route here without a store
+            return _json(HTTPStatus.NOT_FOUND, {"error": "history is not available"})
+        try:
+            rows = await self._calls.run(store.patients)
+        except Exception:  # noqa: BLE001
+            log.exception("dashboard: listing the patients failed")
+            return _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "could not list the patients"})
+        return _json(HTTPStatus.OK, {"patients": [
+            {"patient_id": r.patient_id, "sessions": r.sessions, "last_session": r.last_session}
+            for r in rows if r.patient_id is not None]})
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         certfile, keyfile = self.config.certfile, self.config.keyfile

@@ -9,7 +9,7 @@
   "use strict";
 
   // ---- constants -------------------------------------------------------------------------
-  const PROTOCOL = 1;
+  const PROTOCOL = 2;
   const MAX_POINTS = 20000; // kept for the time lines; the server's snapshot holds the recent ones
   const TRAIL = 24; // points in the fading trajectory
   const TRAIL_SECONDS = 120; // session seconds over which the trajectory fades out
@@ -17,14 +17,21 @@
   const STALE_MS = 45000; // no message at all for this long: assume a dead connection
   const MAX_TICKS = 12; // time-line labels drawn at most, whatever the time span
   const MARK_AHEAD_S = 60; // marks further past the session's clock than this are listed, not drawn
+  // Points the model is less sure of than this are drawn faint and are not joined into the trajectory: one
+  // uncertain guess must not swing the line across the whole circle.
+  const MIN_TRAJECTORY_CONFIDENCE = 0.4;
+  // The heat map's fixed colour scale, in seconds of recent speech (confidence-weighted) per cell; the server's
+  // hello.heatmap.scale_max replaces it. It never follows the data, so a colour means the same all session.
+  let HEAT_SCALE_S = 2.0;
 
   // Viridis (perceptually uniform, colour-blind safe), 17 stops interpolated to a 256-entry table.
   const VIRIDIS_STOPS = ["440154", "48186a", "472d7b", "424086", "3b528b", "33638d", "2c728e", "26828e", "21918c",
     "1fa088", "28ae80", "3fbc73", "5ec962", "84d44b", "addc30", "d8e219", "fde725"];
   const LUT = buildLut(VIRIDIS_STOPS);
 
-  // Russell's (1980) affect words at approximately their angles on the circumplex (degrees, 0 = pleasant).
-  const AFFECT_WORDS = [
+  // Russell's (1980) affect words at approximately their angles on the circumplex (degrees, 0 = pleasant);
+  // replaced by the server's list in its hello (calibration/quadrants.py), which the reports print too.
+  let AFFECT_WORDS = [
     ["excited", 50], ["happy · pleased", 14], ["content", 340], ["relaxed · calm", 313], ["sleepy · tired", 270],
     ["bored", 236], ["sad · depressed", 206], ["miserable", 186], ["distressed", 148], ["afraid · alarmed", 124],
     ["angry", 101],
@@ -48,6 +55,8 @@
     conn: "connecting",
     hello: null,
     points: [],
+    others: [], // points of other voices (counted: false): a faint layer, never in the summary
+    lastVoice: null, // the latest point of any voice: its attribution is shown
     marks: [],
     summary: emptySummary(),
     heat: null, // {bins, data: Uint8Array, max, t, points, seq}
@@ -62,6 +71,8 @@
     rtt: null,
     view: "live",
     historyLoaded: false,
+    editing: null, // the mark being edited: {t, wall_time}
+    trajectory: 0,
   };
   const stats = { messages: 0, snapshots: 0, heatmapFrames: 0, points: 0, connects: 0, errors: [] };
 
@@ -206,6 +217,7 @@
       case "point": onPoint(msg); break;
       case "heatmap": onHeatmap(msg); break;
       case "mark": onMark(msg); break;
+      case "mark_update": onMarkUpdate(msg); break;
       case "status": onStatus(msg); break;
       case "ack": onAck(msg); break;
       case "pong":
@@ -222,6 +234,7 @@
         setConn("ended", "session ended");
         updateControls();
         renderSummary();
+        renderMarks(); // no more editing once the session is over
         break;
       default:
         break; // newer servers may add message types; ignore them
@@ -234,6 +247,10 @@
       QUADRANT_NAMES = msg.circumplex.quadrants || {};
       NEUTRAL_RADIUS = Number(msg.circumplex.neutral_radius) || 0;
     }
+    if (Array.isArray(msg.circumplex && msg.circumplex.affect_words)) AFFECT_WORDS = msg.circumplex.affect_words;
+    const scale = Number(msg.heatmap && msg.heatmap.scale_max);
+    if (isFinite(scale) && scale > 0) HEAT_SCALE_S = scale;
+    renderCalibration(msg.calibration);
     if (msg.protocol !== PROTOCOL) notice(`This page speaks protocol ${PROTOCOL}; the monitor speaks ${msg.protocol}.`, "error");
     const s = msg.session || {};
     const parts = [];
@@ -244,8 +261,19 @@
     if (msg.device) parts.push(msg.device);
     el.sessionInfo.textContent = parts.join(" · ");
     el.sessionInfo.title = s.id ? `session ${s.id}` : "";
-    if (s.patient_id && !el.historyPatient.value) el.historyPatient.value = s.patient_id;
+    if (msg.history) loadPatients();
+    else setPatientOptions([], "no store: history is off");
     updateControls();
+    renderVoices();
+  }
+
+  /** The header says whether placement is calibrated to this speaker; without enrolment, plainly that it is not. */
+  function renderCalibration(cal) {
+    const enrolled = !!(cal && cal.enrolled);
+    el.calibration.dataset.enrolled = cal ? String(enrolled) : "unknown";
+    el.calibration.textContent = !cal ? "calibration: unknown" :
+      (enrolled ? "Calibrated: speaker enrolled" : "Uncalibrated: speaker not enrolled");
+    el.calibration.title = (cal && cal.text) || "";
   }
 
   function summaryFromServer(sum) {
@@ -266,8 +294,11 @@
 
   function onSnapshot(msg) {
     stats.snapshots += 1;
-    S.points = (msg.points || []).filter((p) => sessionSeconds(p.t_start) != null && sessionSeconds(p.t_end) != null)
-      .slice(-MAX_POINTS);
+    const valid = (msg.points || []).filter((p) => sessionSeconds(p.t_start) != null && sessionSeconds(p.t_end) != null);
+    S.points = valid.filter((p) => p.counted !== false).slice(-MAX_POINTS);
+    S.others = valid.filter((p) => p.counted === false).slice(-MAX_POINTS);
+    S.lastVoice = valid.length ? valid[valid.length - 1] : null;
+    renderVoices();
     S.marks = (msg.marks || []).filter((m) => sessionSeconds(m.t) != null);
     S.summary = summaryFromServer(msg.summary || {});
     S.paused = !!msg.paused;
@@ -283,6 +314,14 @@
   function onPoint(p) {
     if (sessionSeconds(p.t_start) == null || sessionSeconds(p.t_end) == null) return;
     stats.points += 1;
+    S.lastVoice = p;
+    renderVoices();
+    if (p.counted === false) { // another voice: shown faintly if asked, never in the patient's map or summary
+      S.others.push(p);
+      if (S.others.length > MAX_POINTS) S.others.splice(0, S.others.length - MAX_POINTS);
+      schedule("overlay");
+      return;
+    }
     S.points.push(p);
     if (S.points.length > MAX_POINTS) S.points.splice(0, S.points.length - MAX_POINTS);
     // Same weighting as the server's summary and the history: segment duration x confidence.
@@ -325,11 +364,23 @@
     schedule("timelines");
   }
 
+  /** A mark edited (``mark`` is its new version) or deleted (``mark`` null) by any viewer. */
+  function onMarkUpdate(msg) {
+    const i = S.marks.findIndex((x) => x.t === msg.t && x.wall_time === msg.wall_time);
+    if (i >= 0) S.marks.splice(i, 1);
+    const m = msg.mark;
+    if (m && sessionSeconds(m.t) != null) S.marks.push({ t: m.t, text: m.text, wall_time: m.wall_time, source: m.source });
+    S.editing = null;
+    renderMarks();
+    schedule("timelines");
+  }
+
   function onStatus(st) {
     S.status = st;
     S.paused = !!st.paused;
     updateControls();
     renderStatusLine();
+    renderVoices();
     schedule("timelines");
   }
 
@@ -338,6 +389,10 @@
       el.markText.value = "";
       el.markBtn.disabled = false;
       notice(`Marked at ${fmtTime(msg.mark.t)}.`, "ok");
+    } else if (msg.of === "mark_edit" || msg.of === "mark_delete") {
+      notice(msg.of === "mark_edit" ? "Mark changed." : "Mark deleted.", "ok");
+    } else if (msg.of === "end_session") {
+      notice("Ending the session: what was said is still being analysed and stored…", "ok");
     } else if (msg.of === "pause" || msg.of === "resume") {
       S.paused = !!msg.paused;
       notice(S.paused ? "Paused: speech is not analysed until you resume." : "Resumed.", "ok");
@@ -358,6 +413,8 @@
     el.pauseBtn.setAttribute("aria-pressed", S.paused ? "true" : "false");
     el.markBtn.disabled = !canControl;
     el.markText.disabled = !canControl;
+    el.endBtn.disabled = !canControl;
+    el.marks.dataset.editable = String(canControl);
     const speech = S.paused ? "paused" : (S.status && S.status.speech_active ? "speech" : "silence");
     el.speech.dataset.state = speech;
     el.speech.textContent = S.ended ? "ended" : speech;
@@ -447,9 +504,13 @@
     const canvas = el.heat;
     const { ctx, w } = fit(canvas);
     const g = geometry(w);
-    el.legendMax.textContent = S.heat && S.heat.max > 0 ? S.heat.max.toFixed(2) : "–";
+    // A fixed scale (hello.heatmap.scale_max seconds of speech per cell), not the frame's own peak: the legend
+    // and the colours mean the same at minute 5 and at minute 50.
+    el.legendMax.textContent = `${HEAT_SCALE_S} s or more`;
     if (!S.heat) return;
-    const off = heatImage(S.heat.data, S.heat.bins, 255);
+    const seconds = new Float32Array(S.heat.data.length);
+    for (let i = 0; i < seconds.length; i++) seconds[i] = (S.heat.data[i] / 255) * S.heat.max;
+    const off = heatImage(seconds, S.heat.bins, HEAT_SCALE_S);
     ctx.imageSmoothingEnabled = true;
     ctx.imageSmoothingQuality = "high";
     ctx.drawImage(off, g.c - g.r, g.c - g.r, 2 * g.r, 2 * g.r);
@@ -526,31 +587,38 @@
     const { ctx, w } = fit(el.overlay);
     const g = geometry(w);
     drawFrame(ctx, g, w);
+    drawOthers(ctx, g);
     const pts = S.points.slice(-TRAIL);
     if (!pts.length) return;
     const tNow = pts[pts.length - 1].t_end;
-    // Trajectory: each step fades with the age of its newer end.
-    for (let i = 1; i < pts.length; i++) {
-      const age = tNow - pts[i].t_end;
-      const alpha = Math.max(0.08, 1 - age / TRAIL_SECONDS) * (0.25 + 0.75 * (i / pts.length));
+    // Trajectory through the confident points only (fading with the age of each step's newer end): a
+    // low-confidence guess is shown as a faint dot, but the line does not jump to it and back.
+    const sure = pts.filter((p) => (p.confidence || 0) >= MIN_TRAJECTORY_CONFIDENCE);
+    S.trajectory = sure.length; // points the line joins (the end-to-end test reads it)
+    for (let i = 1; i < sure.length; i++) {
+      const age = tNow - sure[i].t_end;
+      const alpha = Math.max(0.08, 1 - age / TRAIL_SECONDS) * (0.25 + 0.75 * (i / sure.length));
       ctx.strokeStyle = `rgba(255,255,255,${alpha.toFixed(3)})`;
       ctx.lineWidth = 1.5;
       ctx.beginPath();
-      ctx.moveTo(g.x(pts[i - 1].valence), g.y(pts[i - 1].arousal));
-      ctx.lineTo(g.x(pts[i].valence), g.y(pts[i].arousal));
+      ctx.moveTo(g.x(sure[i - 1].valence), g.y(sure[i - 1].arousal));
+      ctx.lineTo(g.x(sure[i].valence), g.y(sure[i].arousal));
       ctx.stroke();
     }
+    // Dots: size and opacity show the model's confidence (the legend under the circle says so).
     for (let i = 0; i < pts.length - 1; i++) {
       const age = tNow - pts[i].t_end;
-      const alpha = Math.max(0.1, 1 - age / TRAIL_SECONDS) * (0.3 + 0.7 * (i / pts.length));
+      const conf = Math.max(0, Math.min(1, pts[i].confidence || 0));
+      const alpha = Math.max(0.1, 1 - age / TRAIL_SECONDS) * (0.15 + 0.85 * conf);
       ctx.fillStyle = `rgba(255,255,255,${alpha.toFixed(3)})`;
       ctx.beginPath();
-      ctx.arc(g.x(pts[i].valence), g.y(pts[i].arousal), 3, 0, 2 * Math.PI);
+      ctx.arc(g.x(pts[i].valence), g.y(pts[i].arousal), 1.5 + 3.5 * conf, 0, 2 * Math.PI);
       ctx.fill();
     }
     // The newest point: filled, ringed, labelled.
     const p = pts[pts.length - 1];
     const x = g.x(p.valence), y = g.y(p.arousal);
+    ctx.globalAlpha = 0.35 + 0.65 * Math.max(0, Math.min(1, p.confidence || 0));
     ctx.fillStyle = "#ff7a59";
     ctx.strokeStyle = "#ffffff";
     ctx.lineWidth = 2;
@@ -562,6 +630,7 @@
     ctx.beginPath();
     ctx.arc(x, y, 13, 0, 2 * Math.PI);
     ctx.stroke();
+    ctx.globalAlpha = 1;
   }
 
   function drawSeries(canvas, key, opts) {
@@ -685,19 +754,70 @@
   }
 
   function renderMarks() {
+    const editable = !!(S.hello && S.hello.controls) && !S.ended;
     const items = S.marks.slice().sort((a, b) => a.t - b.t).map((m) => {
       const li = document.createElement("li");
       const t = document.createElement("span");
       t.className = "t";
       t.textContent = fmtTime(m.t);
+      li.append(t);
+      const key = { t: m.t, wall_time: m.wall_time };
+      if (S.editing && S.editing.t === m.t && S.editing.wall_time === m.wall_time) {
+        const form = document.createElement("form");
+        form.className = "mark-edit";
+        const input = document.createElement("input");
+        input.type = "text";
+        input.maxLength = 500;
+        input.value = m.text;
+        input.setAttribute("aria-label", "Mark text");
+        const save = button("Save", "btn small primary");
+        save.type = "submit";
+        const cancel = button("Cancel", "btn small");
+        cancel.addEventListener("click", () => { S.editing = null; renderMarks(); });
+        form.addEventListener("submit", (ev) => {
+          ev.preventDefault();
+          const text = input.value.trim();
+          if (text && text !== m.text) send({ type: "mark_edit", ...key, text, id: "e" + Date.now() });
+          else { S.editing = null; renderMarks(); }
+        });
+        form.append(input, save, cancel);
+        li.append(form);
+        setTimeout(() => input.focus(), 0);
+        return li;
+      }
       const text = document.createElement("span");
       text.className = "text";
       text.textContent = m.text;
-      li.append(t, text);
+      li.append(text);
+      if (editable) {
+        const edit = button("Edit", "btn small mark-edit-btn");
+        edit.addEventListener("click", () => { S.editing = key; renderMarks(); });
+        const del = button("Delete", "btn small mark-delete-btn");
+        del.addEventListener("click", () => {
+          if (window.confirm(`Delete the mark at ${fmtTime(m.t)}: "${m.text}"?`)) {
+            send({ type: "mark_delete", ...key, id: "d" + Date.now() });
+          }
+        });
+        li.append(edit, del);
+      }
       return li;
     });
     el.marks.replaceChildren(...items);
     el.marks.scrollTop = el.marks.scrollHeight;
+  }
+
+  function button(label, className) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = className;
+    b.textContent = label;
+    return b;
+  }
+
+  function endSession() {
+    if (!window.confirm("End this session now? What was said so far is still analysed and stored; " +
+      "the monitor then stops listening.")) return;
+    if (send({ type: "end_session", id: "x" + Date.now() })) el.endBtn.disabled = true;
   }
 
   function renderStatusLine() {
@@ -727,16 +847,46 @@
     if (live) schedule("heat", "overlay", "timelines");
     else if (S.hello && !S.hello.history) {
       el.historyMsg.textContent = "History is not available: this monitor keeps no store (it was started with --no-store).";
-    } else if (!S.historyLoaded && el.historyPatient.value) {
-      loadHistory();
+    } else {
+      loadPatients().then(() => { if (!S.historyLoaded && el.historyPatient.value) loadHistory(); });
     }
+  }
+
+  /** The History picker's options: the patients the store knows (``/api/patients``), not a free-text box. */
+  async function loadPatients() {
+    if (S.hello && !S.hello.history) return;
+    let data;
+    try {
+      const res = await fetch(`/api/patients?token=${encodeURIComponent(S.token)}`, { cache: "no-store" });
+      data = await res.json();
+      if (!res.ok) throw new Error(data && data.error ? data.error : `HTTP ${res.status}`);
+    } catch (err) {
+      setPatientOptions([], "could not list the patients");
+      el.historyMsg.textContent = `Could not list the patients: ${err.message}`;
+      return;
+    }
+    setPatientOptions((data.patients || []).map((p) => p.patient_id).filter((id) => typeof id === "string"));
+  }
+
+  function setPatientOptions(ids, placeholder) {
+    const keep = el.historyPatient.value || (S.hello && S.hello.session && S.hello.session.patient_id) || "";
+    const first = document.createElement("option");
+    first.value = "";
+    first.textContent = placeholder || (ids.length ? "choose a patient…" : "no patients in the store yet");
+    el.historyPatient.replaceChildren(first, ...ids.map((id) => {
+      const o = document.createElement("option");
+      o.value = id;
+      o.textContent = id;
+      return o;
+    }));
+    if (keep && ids.includes(keep)) el.historyPatient.value = keep;
   }
 
   async function loadHistory(ev) {
     if (ev) ev.preventDefault();
     const patient = el.historyPatient.value.trim();
     if (!patient) {
-      el.historyMsg.textContent = "Enter a patient id.";
+      el.historyMsg.textContent = "Choose a patient.";
       return;
     }
     if (S.hello && !S.hello.history) {
@@ -894,6 +1044,7 @@
         fmtTime(s.speech_seconds),
         fmtSigned(s.mean_valence),
         fmtSigned(s.mean_arousal),
+        s.calibration ? (s.calibration.enrolled ? "enrolled" : "uncalibrated") : "–",
       ];
       for (const c of cells) {
         const td = document.createElement("td");
@@ -904,11 +1055,45 @@
     }));
   }
 
+  // ---- whose voice counts (issue 14) ---------------------------------------------------------
+  /** The voices panel: whose voice counts, each voice's share of speech time, the latest point's attribution. */
+  function renderVoices() {
+    if (!el.voices) return;
+    const sp = (S.hello && S.hello.speakers) || { counting: "all", patient: false, clinician: false };
+    let text = sp.counting === "patient" ? "Only the patient's voice is counted." :
+      (sp.patient ? "All voices are counted (--count all)." :
+        "All voices are counted: no patient voiceprint is enrolled.");
+    const secs = (S.status && S.status.speaker_seconds) || {};
+    const total = Object.values(secs).reduce((a, b) => a + (Number(b) || 0), 0);
+    if (total > 0) {
+      text += " Speech time: " + ["patient", "clinician", "unknown"]
+        .map((k) => `${k} ${pct((Number(secs[k]) || 0) / total)}`).join(", ") + ".";
+    }
+    const p = S.lastVoice;
+    if (p && p.speaker) {
+      const score = typeof p.speaker_score === "number" ? ` (score ${p.speaker_score.toFixed(2)})` : "";
+      text += ` Latest segment: ${p.speaker}${score}${p.counted === false ? ", not counted" : ""}.`;
+    }
+    el.voices.textContent = text;
+  }
+
+  /** Other voices' points as a faint layer, only when the checkbox asks for it. */
+  function drawOthers(ctx, g) {
+    if (!el.showOthers || !el.showOthers.checked || !S.others.length) return;
+    ctx.fillStyle = "rgba(160,190,255,0.25)";
+    for (const p of S.others.slice(-TRAIL * 4)) {
+      ctx.beginPath();
+      ctx.arc(g.x(p.valence), g.y(p.arousal), 3, 0, 2 * Math.PI);
+      ctx.fill();
+    }
+  }
+
   // ---- start -------------------------------------------------------------------------------
   function init() {
     Object.assign(el, {
       conn: $("conn"), sessionInfo: $("session-info"), heat: $("heat-layer"), overlay: $("overlay-layer"),
       legendMax: $("legend-max"), latest: $("latest"), speech: $("speech"), pauseBtn: $("pause-btn"),
+      endBtn: $("end-btn"), printBtn: $("print-btn"), calibration: $("calibration"), confMin: $("conf-min"),
       markForm: $("mark-form"), markText: $("mark-text"), markBtn: $("mark-btn"), notice: $("notice"),
       sumSpeech: $("sum-speech"), sumPoints: $("sum-points"), sumValence: $("sum-valence"), sumArousal: $("sum-arousal"),
       quadrants: $("quadrants"), marks: $("marks"), statusLine: $("status-line"), tlValence: $("tl-valence"),
@@ -918,9 +1103,16 @@
       historyGrid: $("history-grid"), historyLegendMax: $("history-legend-max"), trendValence: $("trend-valence"),
       trendArousal: $("trend-arousal"), historySessions: $("history-sessions"),
     });
+    el.voices = $("voices");
+    el.showOthers = $("show-others");
+    if (el.showOthers) el.showOthers.addEventListener("change", () => schedule("overlay"));
     drawLegend($("legend-bar"));
     drawLegend($("history-legend"));
     el.markForm.addEventListener("submit", submitMark);
+    el.endBtn.addEventListener("click", endSession);
+    el.printBtn.addEventListener("click", () => window.print()); // the print stylesheet keeps the session view
+    el.historyPatient.addEventListener("change", () => { if (el.historyPatient.value) loadHistory(); });
+    el.confMin.textContent = Math.round(MIN_TRAJECTORY_CONFIDENCE * 100) + "%";
     el.pauseBtn.addEventListener("click", () => send({ type: S.paused ? "resume" : "pause", id: "p" + Date.now() }));
     el.conn.addEventListener("click", () => {
       if (!S.ws && (S.conn === "ended" || S.conn === "offline")) { S.retry = 1; connect(); }

@@ -39,6 +39,7 @@ from calibration.speaker import SpeakerBaseline
 from monitor.audio.io import AudioInputError, read_audio
 from monitor.audio.segmenter import VadConfig, segment_signal
 from monitor.live.projection import Projector
+from monitor.live.speakers import SpeakerAttributor
 from monitor.model.audio_format import SAMPLE_RATE
 from monitor.model.bundle import ModelBundle, load_bundle
 from monitor.model.emotion import EmotionModel, choose_device
@@ -50,8 +51,11 @@ INDEX_NAMES = ("file", "start", "end")
 #: The value columns, before one ``prob_<class>`` column per class (in the model's label order).
 VALUE_COLUMNS = ("valence", "arousal", "confidence")
 PROBABILITY_PREFIX = "prob_"
+#: With a patient voiceprint (``patient=`` and a store that holds one): who spoke each segment, as in a live session.
+SPEAKER_COLUMNS = ("speaker", "speaker_score")
 #: With ``errors="report"``: the column that holds why a file could not be scored (missing when it was).
 ERROR_COLUMN = "error"
+_TEXT_COLUMNS = ("speaker", ERROR_COLUMN)
 #: What ``process_folder`` picks up by default (whatever soundfile can read; MP3 needs libsndfile >= 1.1).
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
@@ -111,6 +115,7 @@ class _WorkerState:
     vad: VadConfig
     batch_size: int
     threads: int
+    voiceprints: tuple[Any, Any] | None  # (patient, clinician) Voiceprints, when segments are attributed
 
 
 class MoodModel:
@@ -140,13 +145,16 @@ class MoodModel:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.progress = progress
+        #: Attributes every segment to patient/clinician/unknown (``speaker`` columns); set by ``patient=``.
+        self.speakers: SpeakerAttributor | None = None
 
     # ---- loading and saving ---------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, name_or_path: PathLike = "default", *, device: str = "auto", precision: str = "auto",
                         revision: str | None = None, cache_dir: PathLike | None = None,
                         token: str | bool | None = None, baseline: SpeakerBaseline | PathLike | None = None,
-                        patient: str | None = None, db: PathLike | None = None, vad: VadConfig | None = None,
+                        patient: str | None = None, clinician: str | None = None, db: PathLike | None = None,
+                        vad: VadConfig | None = None,
                         batch_size: int = 16, num_workers: int = 1, progress: bool | None = None) -> MoodModel:
         """Load a model: "default" (the shipped bundle), a shipped name, a bundle folder, or a Hub repo id.
 
@@ -157,7 +165,10 @@ class MoodModel:
         Enrolment: ``baseline`` is a ``SpeakerBaseline``, a baseline JSON file
         (``SpeakerBaseline.save``) or a recording of calm speech to enrol from;
         ``patient`` takes that patient's stored baseline for this model from the
-        monitor's store (``db``: its SQLite file; default: the monitor's).
+        monitor's store (``db``: its SQLite file; default: the monitor's), and,
+        when the store holds the patient's voiceprint, adds the live monitor's
+        ``speaker`` and ``speaker_score`` columns (with ``clinician``: that
+        clinician's stored voiceprint too).
 
         ``device``: auto (CUDA when present), cpu, cuda, cuda:1; ``precision``:
         auto, fp32, bf16, fp16, int8. ``batch_size``: segments embedded
@@ -171,9 +182,12 @@ class MoodModel:
                        num_workers=num_workers, progress=progress)
         if baseline is not None and patient is not None:
             raise ValueError("give either baseline= or patient=, not both")
+        if clinician is not None and patient is None:
+            raise ValueError("clinician= tells a clinician's voice from the patient's: give patient= too")
         if patient is not None:
             instance.baseline = _checked_baseline(_patient_baseline(patient, bundle.model_id, db), bundle.model_id,
                                                   instance.model)
+            instance.speakers = _attributor(patient, clinician, db, instance.device)
         elif baseline is not None:
             instance.baseline = _checked_baseline(instance._baseline_from(baseline), bundle.model_id,
                                                   instance.model)
@@ -196,8 +210,10 @@ class MoodModel:
 
     @property
     def columns(self) -> list[str]:
-        """The value columns of every table: valence, arousal, confidence, then ``prob_<class>`` per class."""
-        return [*VALUE_COLUMNS, *(PROBABILITY_PREFIX + c for c in self.labels)]
+        """The value columns of every table: valence, arousal, confidence, ``prob_<class>`` per class, then
+        ``speaker`` and ``speaker_score`` when segments are attributed."""
+        speakers = SPEAKER_COLUMNS if self.speakers is not None else ()
+        return [*VALUE_COLUMNS, *(PROBABILITY_PREFIX + c for c in self.labels), *speakers]
 
     def __repr__(self) -> str:
         return (f"MoodModel({self.model_id!r}, device={self.device!r}, enrolled={self.baseline is not None}, "
@@ -377,11 +393,16 @@ class MoodModel:
             for p in prepared:
                 out.update(self._embed_jobs([p], errors))
             return out
+        voices = self.speakers(waves) if self.speakers is not None else None  # the same segments, one pass
         out, i = {}, 0
         for p in prepared:
             n = len(p.spans)
             try:
-                out[id(p)] = _FileResult(p.job.file, self._rows(p, embeddings[i:i + n], probabilities[i:i + n]))
+                rows = self._rows(p, embeddings[i:i + n], probabilities[i:i + n])
+                if voices is not None and n:
+                    for row, voice in zip(rows, voices[i:i + n], strict=True):
+                        row["speaker"], row["speaker_score"] = voice.speaker, voice.speaker_score
+                out[id(p)] = _FileResult(p.job.file, rows)
             except Exception as exc:  # noqa: BLE001 - e.g. a non-finite embedding the reducer refuses
                 if errors == "raise":
                     raise
@@ -426,8 +447,10 @@ class MoodModel:
             raise ValueError("num_workers > 1 needs a bundle loaded from a folder (save_pretrained it first)")
         workers = min(self.num_workers, len(jobs))
         chunk = max(1, min(self.batch_size, math.ceil(len(jobs) / (workers * 4))))
+        voiceprints = None if self.speakers is None else (self.speakers.patient, self.speakers.clinician)
         state = _WorkerState(os.fspath(self.bundle.path), self.device, self.precision, self.baseline, self.vad,
-                             self.batch_size, threads=max(1, (os.cpu_count() or 1) // workers))
+                             self.batch_size, threads=max(1, (os.cpu_count() or 1) // workers),
+                             voiceprints=voiceprints)
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_worker_init, initargs=(state,))
         try:
@@ -454,14 +477,14 @@ class MoodModel:
 # ---- tables -------------------------------------------------------------------------------------
 def rows_to_frame(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
     """Rows with ``file`` and ``start``/``end`` in seconds (NaN: open end) -> a table on an audformat segmented
-    index, with ``columns`` (float64; ``error`` as text, missing where there was none)."""
+    index, with ``columns`` (float64; ``speaker`` and ``error`` as text, missing where there was none)."""
     index = segmented_index([r["file"] for r in rows], [r["start"] for r in rows], [r["end"] for r in rows])
-    numeric = [c for c in columns if c != ERROR_COLUMN]
+    numeric = [c for c in columns if c not in _TEXT_COLUMNS]
     values = np.array([[r.get(c, np.nan) for c in numeric] for r in rows], dtype=np.float64).reshape(
         len(rows), len(numeric))
     table = pd.DataFrame(values, index=index, columns=numeric)
-    if ERROR_COLUMN in columns:
-        table[ERROR_COLUMN] = pd.array([r.get(ERROR_COLUMN) for r in rows], dtype="string")
+    for column in (c for c in columns if c in _TEXT_COLUMNS):
+        table[column] = pd.array([r.get(column) for r in rows], dtype="string")
     return table if list(table.columns) == list(columns) else table[list(columns)]
 
 
@@ -600,6 +623,26 @@ def _checked_baseline(baseline: SpeakerBaseline | None, model_id: str, model: Em
     return baseline
 
 
+def _attributor(patient: str, clinician: str | None, db: PathLike | None, device: str) -> SpeakerAttributor | None:
+    """The live monitor's attribution for this patient (and clinician), or None when no voiceprint is stored."""
+    from monitor.history.store import open_existing
+    from monitor.model.voiceprint import RESEMBLYZER_NAME
+
+    with open_existing(None if db is None else os.fspath(db)) as store:
+        patient_print = store.voiceprint("patient", patient, RESEMBLYZER_NAME)
+        clinician_print = None if clinician is None else store.voiceprint("clinician", clinician, RESEMBLYZER_NAME)
+    if clinician is not None and clinician_print is None:
+        raise LookupError(f"clinician {clinician!r} has no voiceprint in the store; enrol them first "
+                          "(mood-monitor --clinician ID --enroll-clinician FILE)")
+    return _attributor_from((patient_print, clinician_print), device) if patient_print is not None else None
+
+
+def _attributor_from(voiceprints: tuple[Any, Any], device: str) -> SpeakerAttributor:
+    from monitor.model.voiceprint import ResemblyzerEncoder
+
+    return SpeakerAttributor(ResemblyzerEncoder(device=device), voiceprints[0], voiceprints[1])
+
+
 def _patient_baseline(patient: str, model_id: str, db: PathLike | None) -> SpeakerBaseline:
     from monitor.history.store import open_existing
 
@@ -626,6 +669,8 @@ def _worker_init(state: _WorkerState) -> None:
     _WORKER = MoodModel(bundle, device=state.device, precision=state.precision, vad=state.vad,
                         batch_size=state.batch_size, progress=False)
     _WORKER.baseline = state.baseline
+    if state.voiceprints is not None:
+        _WORKER.speakers = _attributor_from(state.voiceprints, state.device)
 
 
 def _worker_run(jobs: list[_Job], segment: bool, errors: Errors) -> list[_FileResult]:

@@ -6,7 +6,7 @@ back to the page, a dropped connection resyncs from the snapshot (including a
 point it missed while offline), the page ends in exactly the pipeline's state,
 the layout fits a tablet, and the browser logs no errors. Saves screenshots
 (to MOOD_MONITOR_SCREENSHOT as well, when set, to refresh docs/dashboard.png;
-MOOD_MONITOR_E2E_MODEL=monitor/model/bundles/egemaps runs it on the shipped model).
+MOOD_MONITOR_E2E_MODEL=monitor/model/bundles/whisper runs it on the shipped default model).
 
 Needs Debian's chromium (or MOOD_MONITOR_CHROMIUM) and the playwright Python
 package; the monitor takes ~20 s to start (model and numba imports).
@@ -153,7 +153,7 @@ CANVAS_LIT = """(id) => {
 
 
 def test_live_dashboard_end_to_end(playwright_api, session_wav, tiny_bundle, tmp_path):
-    # MOOD_MONITOR_E2E_MODEL: another bundle (e.g. monitor/model/bundles/egemaps, for the docs screenshot)
+    # MOOD_MONITOR_E2E_MODEL: another bundle (e.g. monitor/model/bundles/whisper, for the docs screenshot)
     bundle = Path(os.environ.get("MOOD_MONITOR_E2E_MODEL") or tiny_bundle)
     monitor = Monitor(session_wav, bundle, tmp_path / "points.jsonl")
     browser = None

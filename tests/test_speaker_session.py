@@ -240,3 +240,24 @@ def test_an_unenrolled_clinician_is_a_setup_error(two_speakers, enrolled_store, 
     assert main(["--model", "egemaps", "--input", str(two_speakers[0]), "--fast", "--db", str(enrolled_store),
                  "--no-dashboard", "--patient", "P-05", "--clinician", "C-none"]) == EXIT_SETUP
     assert "--enroll-clinician" in capsys.readouterr().err
+
+
+def test_the_api_attributes_segments_as_the_live_monitor_does(two_speakers, enrolled_store, attributed):
+    """MoodModel with patient= and clinician= adds the live session's speaker and speaker_score columns."""
+    from monitor import MoodModel
+
+    recs, _ = attributed
+    live = [r for r in recs if r["type"] == "point"]
+    model = MoodModel.from_pretrained("egemaps", device="cpu", patient="P-05", clinician="C-11", db=enrolled_store,
+                                      progress=False)
+    assert model.columns[-2:] == ["speaker", "speaker_score"]
+    table = model.process_file(two_speakers[0])
+    assert len(table) == len(live)
+    assert list(table["speaker"]) == [p["speaker"] for p in live]
+    scores = [p["speaker_score"] for p in live]
+    np.testing.assert_allclose(table["speaker_score"].to_numpy(dtype=float),
+                               np.array([np.nan if s is None else s for s in scores], dtype=float), atol=1e-4)
+    with pytest.raises(LookupError, match="C-99"):
+        MoodModel.from_pretrained("egemaps", device="cpu", patient="P-05", clinician="C-99", db=enrolled_store)
+    # a patient without a voiceprint: no speaker columns, as a live session without one counts every voice
+    assert "speaker" not in MoodModel.from_pretrained("egemaps", device="cpu", db=enrolled_store).columns

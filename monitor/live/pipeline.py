@@ -284,12 +284,7 @@ class MonitorPipeline:
         self._segments += 1
         self._in_submit = True
         try:
-            while not self._aborting.is_set():
-                try:
-                    self.worker.submit(segment, timeout=0.1)
-                    return
-                except queue.Full:
-                    continue
+            self.worker.submit_until(segment, self._aborting)
         finally:
             self._in_submit = False
 

@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, Sequence, Union
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -91,6 +91,10 @@ class EmbeddingWorker(threading.Thread):
     def submit(self, segment: Segment, timeout: float | None = None) -> None:
         """Queue a segment; blocks while the queue is full (back-pressure toward the source)."""
         self.segments.put(segment, timeout=timeout)
+
+    def submit_until(self, segment: Segment, stop: threading.Event) -> bool:
+        """Queue a segment, waiting while the queue is full, but not past ``stop`` (False: not queued)."""
+        return put_until(self.segments, segment, stop)
 
     def close(self) -> None:
         """Finish the queued segments, then stop (the results queue gets ``None`` last)."""
@@ -169,9 +173,19 @@ class EmbeddingWorker(threading.Thread):
 
     def _hand_on(self, item: Embedded | None) -> None:
         """Put a result on the results queue; after ``abort()`` nobody reads it, so drop it instead of waiting."""
-        while not self._abort.is_set():
-            try:
-                self.results.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        put_until(self.results, item, self._abort)
+
+
+def put_until(target: "queue.Queue[Any]", item: Any, stop: threading.Event, poll_s: float = 0.1) -> bool:
+    """Offer ``item`` to a bounded queue until it is taken (True) or ``stop`` is set (False).
+
+    Back-pressure that an abort can always end: a plain blocking ``put`` would wait forever once the
+    reader on the other side has stopped.
+    """
+    while not stop.is_set():
+        try:
+            target.put(item, timeout=poll_s)
+            return True
+        except queue.Full:
+            continue
+    return False

@@ -18,11 +18,9 @@ length (with its NUL) and the bytes.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -46,16 +44,6 @@ class Ct2Model:
     spec: str
     revision: int
     variables: dict[str, np.ndarray]
-
-
-def sha256_of(paths: Iterable[Path], chunk: int = 1 << 22) -> str:
-    """sha256 of the files' bytes in order (the PyPI parts hash as the reassembled model.bin)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as fh:
-            while block := fh.read(chunk):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 class _Reader:

@@ -6,8 +6,10 @@ the user (0700), because the store in it holds clinical data.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+from typing import Iterable
 
 DATA_DIR_ENV = "MOOD_MONITOR_DATA_DIR"
 
@@ -16,6 +18,17 @@ def default_data_dir() -> Path:
     """$MOOD_MONITOR_DATA_DIR, else ~/.local/share/mood-monitor."""
     env = os.environ.get(DATA_DIR_ENV)
     return Path(env).expanduser() if env else Path.home() / ".local" / "share" / "mood-monitor"
+
+
+def sha256_of(paths: Iterable[Path], chunk: int = 1 << 22) -> str:
+    """sha256 of the files' bytes in order: weights are checked against a recorded hash before they are used
+    (split weights hash as their reassembled whole)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as fh:
+            while block := fh.read(chunk):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 PRIVATE_DIR_MODE = 0o700

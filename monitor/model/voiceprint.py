@@ -23,7 +23,6 @@ of a call goes through the LSTM in one batch.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
@@ -35,6 +34,7 @@ from torch import nn
 
 from calibration.attribution import Voiceprint
 from monitor.model.audio_format import SAMPLE_RATE
+from monitor.model.datadir import sha256_of
 
 #: sha256 of ``resemblyzer/pretrained.pt`` in the Resemblyzer 0.1.4 wheel (the only release that ships it this way).
 RESEMBLYZER_SHA256 = "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"
@@ -109,14 +109,6 @@ def _resemblyzer_version() -> str:
         return version("resemblyzer")
     except PackageNotFoundError:  # weights given by path, package absent
         return "unknown"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
@@ -245,7 +237,7 @@ class ResemblyzerEncoder:
         if not path.is_file():
             raise SpeakerEncoderError(f"speaker encoder weights not found at {path}; "
                                       "pip install --no-deps resemblyzer==0.1.4")
-        digest = sha256_of(path)
+        digest = sha256_of([path])
         if expected_sha256 is not None and digest != expected_sha256.lower():
             raise SpeakerEncoderError(
                 f"refusing the speaker encoder weights at {path}: sha256 {digest} is not the expected "

@@ -48,8 +48,8 @@ from torch import nn
 from monitor.model.audio_format import SAMPLE_RATE
 from monitor.model.base import Backbone, BackboneLoadError
 from monitor.model.ct2_whisper import ConversionError, check_against_ctranslate2, encoder_dims, encoder_state_dict
-from monitor.model.ct2_whisper import read_model_bin, sha256_of
-from monitor.model.datadir import default_data_dir, private_dir
+from monitor.model.ct2_whisper import read_model_bin
+from monitor.model.datadir import default_data_dir, private_dir, sha256_of
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from monitor.live.private import open_private
+
 if TYPE_CHECKING:  # pandas and the model load only once the arguments are good, so --help is quick
     import pandas as pd
 
@@ -350,23 +352,15 @@ class ResultsFile:
 
             text = "".join(json.dumps(to_jsonable({k: (None if _missing(v) else v) for k, v in row.items()}),
                                       allow_nan=False) + "\n" for row in flat.to_dict("records"))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            data = text.encode("utf-8")
-            while data:  # one write in practice; a short write continues where it stopped
-                data = data[os.write(fd, data):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with open_private(self.path, "ab") as handle:  # clinical data: 0600, like every output
+            handle.write(text.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
 
     def _replace(self, whole: pd.DataFrame) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            with os.fdopen(fd, "wb") as handle:
+            with open_private(tmp, "wb") as handle:
                 whole.to_parquet(handle, index=False)
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -61,8 +61,6 @@ class AudioStats:
     source_channels: int = 1
     #: Channels (0-based) that were phase-inverted against channel 0 and turned round before mixing.
     inverted_channels: list[int] = field(default_factory=list)
-    #: Input frames read (at the source's rate).
-    frames_read: int = 0
 
 
 def sanitize(block: np.ndarray, stats: AudioStats | None = None) -> np.ndarray:
@@ -139,12 +137,6 @@ class AudioHandle:
     expected_frames: int | None = None
     #: Why the container is visibly incomplete (an Ogg stream without its end page), found when opening.
     unfinished: str | None = None
-
-    @property
-    def seconds(self) -> float | None:
-        """The length the header promises, in seconds (None when unknown)."""
-        rate = float(self.sound.samplerate)
-        return None if self.expected_frames is None or rate <= 0 else self.expected_frames / rate
 
     @property
     def truncation(self) -> str | None:
@@ -337,7 +329,6 @@ def iter_audio_blocks(source: str | Path | AudioHandle, block_seconds: float = 1
                 raise AudioInputError(f"{handle.name} is truncated or corrupt after {read / sound.samplerate:.1f} s "
                                       f"of audio: {exc}") from exc
             read += len(data)
-            stats.frames_read = read
             last = len(data) < block_frames
             mono = sanitize(downmix(data), stats)
             if resampler is not None:

@@ -13,7 +13,7 @@ weight file, never the package's code: the file's sha256 is checked against
 :data:`RESEMBLYZER_SHA256` before anything is read, and its tensors are loaded
 with ``torch.load(weights_only=True)`` (no arbitrary unpickling on any torch
 version). The network and its input features are re-implemented here exactly
-as Resemblyzer 0.1.4 computes them (mel power spectrogram, 1.6 s partial
+as Resemblyzer 0.1.4 computes them (mel power spectrogram with transformers' audio utilities, 1.6 s partial
 utterances at 1.3 per second, the mean of their embeddings), so the package's
 other dependencies (librosa, its webrtcvad pin) are not needed at run time;
 ``tests/test_voiceprint.py`` checks the match against the package itself where
@@ -111,40 +111,23 @@ def _resemblyzer_version() -> str:
         return "unknown"
 
 
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
-    """Slaney's mel scale (librosa's default, ``htk=False``): linear below 1 kHz, logarithmic above."""
-    hz = np.asarray(hz, dtype=np.float64)
-    mel = hz / (200.0 / 3)
-    log_part = 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
-    return np.where(hz >= 1000.0, log_part, mel)
-
-
-def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
-    mel = np.asarray(mel, dtype=np.float64)
-    hz = mel * (200.0 / 3)
-    log_part = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0))
-    return np.where(mel >= 15.0, log_part, hz)
-
-
 @lru_cache(maxsize=1)
 def mel_filterbank() -> np.ndarray:
     """[40, 201] Slaney-normalised triangular filters, as ``librosa.filters.mel(sr=16000, n_fft=400, n_mels=40)``."""
-    fft_freqs = np.linspace(0.0, SAMPLE_RATE / 2, MEL_WINDOW // 2 + 1)
-    mel_freqs = _mel_to_hz(np.linspace(_hz_to_mel(np.array(0.0)), _hz_to_mel(np.array(SAMPLE_RATE / 2.0)),
-                                       MEL_BANDS + 2))
-    fdiff = np.diff(mel_freqs)
-    ramps = mel_freqs[:, None] - fft_freqs[None, :]
-    lower = -ramps[:-2] / fdiff[:-1, None]
-    upper = ramps[2:] / fdiff[1:, None]
-    weights = np.maximum(0.0, np.minimum(lower, upper))
-    weights *= (2.0 / (mel_freqs[2:] - mel_freqs[:-2]))[:, None]
-    return weights.astype(np.float32)
+    from transformers.audio_utils import mel_filter_bank
+
+    bank = mel_filter_bank(num_frequency_bins=MEL_WINDOW // 2 + 1, num_mel_filters=MEL_BANDS, min_frequency=0.0,
+                           max_frequency=SAMPLE_RATE / 2, sampling_rate=SAMPLE_RATE, norm="slaney",
+                           mel_scale="slaney")
+    return np.ascontiguousarray(bank.T, dtype=np.float32)
 
 
 @lru_cache(maxsize=1)
 def _hann() -> np.ndarray:
-    n = np.arange(MEL_WINDOW)
-    return (0.5 - 0.5 * np.cos(2.0 * np.pi * n / MEL_WINDOW)).astype(np.float32)  # periodic, as scipy's fftbins
+    """The periodic Hann window of Resemblyzer's STFT (scipy's ``fftbins=True``)."""
+    from transformers.audio_utils import window_function
+
+    return np.asarray(window_function(MEL_WINDOW, "hann", periodic=True), dtype=np.float32)
 
 
 def mel_frames(wave: np.ndarray) -> np.ndarray:

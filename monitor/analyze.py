@@ -2,6 +2,7 @@
 
     mood-monitor analyze recordings/ --out results.csv             # every audio file under recordings/
     mood-monitor analyze a.wav b.flac --out results.parquet --no-segment --jobs 2
+    mood-monitor analyze recordings/ --out results.csv --jobs 8 --ray auto   # Ray Data workers on a cluster
 
 One process loads the model once and goes through every file (``MoodModel``
 in ``monitor.api``); rows are saved as files finish, so a batch that is
@@ -26,7 +27,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from monitor.history.target import DB_HELP, add_db_argument
 from monitor.live.private import open_private
+from monitor.live.ray_pool import INSTALL_HINT, add_ray_address_argument
 
 if TYPE_CHECKING:  # pandas and the model load only once the arguments are good, so --help is quick
     import pandas as pd
@@ -56,6 +59,7 @@ examples:
   mood-monitor analyze recordings/ --out results.csv
   mood-monitor analyze day1/ day2/ extra.flac --out results.parquet --jobs 2
   mood-monitor analyze clips/ --out files.jsonl --no-segment --model org/name
+  mood-monitor analyze recordings/ --out results.csv --jobs 8 --ray auto
 """
 
 
@@ -74,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one row per speech segment, cut as the live monitor cuts speech (default); --no-segment: "
                         "one row per file, the whole file as one segment")
     p.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
-                   help="worker processes, each with its own copy of the model (default: 1)")
+                   help="worker processes, each with its own copy of the model (default: 1); with --ray: Ray Data "
+                        "workers, one CPU (or one GPU, where the cluster has GPUs) each")
+    add_ray_address_argument(p, help=(
+        "fan the files out with Ray Data over --jobs workers: 'auto' joins the Ray cluster this machine belongs to "
+        "(ray start), ray://HOST:10001 connects as a client, no value starts Ray on this machine; the table and "
+        f"resuming are as without it. Give it after the paths or with a value ({INSTALL_HINT})"))
     p.add_argument("--pattern", default="**/*", metavar="GLOB",
                    help="which files to take inside folders (default: **/*, every audio file at any depth)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -95,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the speaker's enrolment: a baseline JSON file, or a recording of calm speech to enrol "
                             "from; applied to every file")
     enrol.add_argument("--patient", metavar="ID", help="use this patient's stored enrolment baseline")
-    enrol.add_argument("--db", metavar="PATH", help="the store holding --patient (default: the monitor's)")
+    add_db_argument(enrol, data_dir=False, help=f"the store holding --patient: {DB_HELP}")
 
     vad = p.add_argument_group("speech segmentation (as the live monitor's; see mood-monitor --help)")
     vad.add_argument("--vad-aggressiveness", type=int, default=2, choices=[0, 1, 2, 3], help="(default: 2)")
@@ -175,7 +184,7 @@ def _load_model(args: argparse.Namespace) -> MoodModel:
         return MoodModel.from_pretrained(args.model, device=args.compute, precision=args.precision,
                                          baseline=args.baseline, patient=args.patient, db=args.db, vad=vad,
                                          batch_size=args.batch_size, num_workers=args.jobs,
-                                         progress=not args.no_progress)
+                                         progress=not args.no_progress, ray=args.ray)
     except (AudioInputError, BundleError, BackboneLoadError, LookupError, RuntimeError, ValueError,
             OSError) as exc:
         raise SetupError(str(exc)) from exc

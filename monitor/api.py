@@ -20,6 +20,7 @@ pipeline gives the same points. docs/api.md has the details.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import multiprocessing
@@ -130,12 +131,14 @@ class MoodModel:
 
     def __init__(self, bundle: ModelBundle, *, device: str = "auto", precision: str = "auto",
                  baseline: SpeakerBaseline | None = None, vad: VadConfig | None = None, batch_size: int = 16,
-                 num_workers: int = 1, progress: bool | None = None, model: EmotionModel | None = None):
+                 num_workers: int = 1, progress: bool | None = None, model: EmotionModel | None = None,
+                 ray: str | None = None):
         if bundle.reducer is None:
             raise ValueError(f"model {bundle.model_id} has no fitted reducer; it cannot place points")
         if batch_size < 1 or num_workers < 1:
             raise ValueError(f"batch_size and num_workers must be >= 1, got {batch_size} and {num_workers}")
         self.bundle = bundle
+        self.requested_device = device
         self.device = str(choose_device(device))
         self.precision = precision
         self.model = model if model is not None else bundle.build_model(device=self.device, precision=precision)
@@ -145,6 +148,13 @@ class MoodModel:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.progress = progress
+        #: Where ``num_workers`` Ray Data workers score the files (a ``--ray`` address: "local", "auto",
+        #: "ray://HOST:10001"); None: this machine's processes.
+        self.ray = ray
+        if ray is not None:
+            from monitor.live.ray_pool import import_ray
+
+            import_ray()  # a missing extra is a clear error now, not after the first files
         #: Attributes every segment to patient/clinician/unknown (``speaker`` columns); set by ``patient=``.
         self.speakers: SpeakerAttributor | None = None
 
@@ -154,8 +164,8 @@ class MoodModel:
                         revision: str | None = None, cache_dir: PathLike | None = None,
                         token: str | bool | None = None, baseline: SpeakerBaseline | PathLike | None = None,
                         patient: str | None = None, clinician: str | None = None, db: PathLike | None = None,
-                        vad: VadConfig | None = None,
-                        batch_size: int = 16, num_workers: int = 1, progress: bool | None = None) -> MoodModel:
+                        vad: VadConfig | None = None, batch_size: int = 16, num_workers: int = 1,
+                        progress: bool | None = None, ray: str | None = None) -> MoodModel:
         """Load a model: "default" (the shipped bundle), a shipped name, a bundle folder, or a Hub repo id.
 
         Hub repo ids (``org/name``) go through ``huggingface_hub`` with its
@@ -175,11 +185,14 @@ class MoodModel:
         together; ``num_workers``: processes for ``process_files``/
         ``process_folder``/``process_index`` (each loads its own model);
         ``progress``: a progress bar (default: when more than one file).
+        ``ray``: score files with ``num_workers`` Ray Data workers instead
+        ("local": Ray on this machine, "auto": the cluster it belongs to,
+        "ray://HOST:10001"); the table is the same.
         """
         bundle = load_bundle(name_or_path, revision=revision,
                              cache_dir=None if cache_dir is None else os.fspath(cache_dir), token=token)
         instance = cls(bundle, device=device, precision=precision, vad=vad, batch_size=batch_size,
-                       num_workers=num_workers, progress=progress)
+                       num_workers=num_workers, progress=progress, ray=ray)
         if baseline is not None and patient is not None:
             raise ValueError("give either baseline= or patient=, not both")
         if clinician is not None and patient is None:
@@ -217,7 +230,8 @@ class MoodModel:
 
     def __repr__(self) -> str:
         return (f"MoodModel({self.model_id!r}, device={self.device!r}, enrolled={self.baseline is not None}, "
-                f"batch_size={self.batch_size}, num_workers={self.num_workers})")
+                f"batch_size={self.batch_size}, num_workers={self.num_workers}"
+                + (f", ray={self.ray!r})" if self.ray is not None else ")"))
 
     # ---- scoring --------------------------------------------------------------------------------
     def process_signal(self, signal: np.ndarray, sampling_rate: int, *, file: str = "", start: TimeLike = None,
@@ -308,7 +322,9 @@ class MoodModel:
         from tqdm.auto import tqdm
 
         with tqdm(total=len(jobs), desc="mood", unit="file", disable=not show, dynamic_ncols=True) as bar:
-            if self.num_workers > 1 and len(jobs) > 1 and all(j.audio is None for j in jobs):
+            if self.ray is not None and jobs and all(j.audio is None for j in jobs):
+                results = self._results_on_ray(jobs, segment, errors)
+            elif self.num_workers > 1 and len(jobs) > 1 and all(j.audio is None for j in jobs):
                 results = self._results_in_processes(jobs, segment, errors)
             else:
                 results = self._results_here(jobs, segment, errors)
@@ -447,10 +463,7 @@ class MoodModel:
             raise ValueError("num_workers > 1 needs a bundle loaded from a folder (save_pretrained it first)")
         workers = min(self.num_workers, len(jobs))
         chunk = max(1, min(self.batch_size, math.ceil(len(jobs) / (workers * 4))))
-        voiceprints = None if self.speakers is None else (self.speakers.patient, self.speakers.clinician)
-        state = _WorkerState(os.fspath(self.bundle.path), self.device, self.precision, self.baseline, self.vad,
-                             self.batch_size, threads=max(1, (os.cpu_count() or 1) // workers),
-                             voiceprints=voiceprints)
+        state = self._worker_state(self.device, threads=max(1, (os.cpu_count() or 1) // workers))
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_worker_init, initargs=(state,))
         try:
@@ -460,6 +473,40 @@ class MoodModel:
                 yield from future.result()
         finally:  # also on an error, Ctrl-C or a consumer that stops early: queued chunks are dropped
             pool.shutdown(wait=False, cancel_futures=True)
+
+    def _worker_state(self, device: str, threads: int) -> _WorkerState:
+        if self.bundle.path is None:
+            raise ValueError("num_workers > 1 and ray need a bundle loaded from a folder (save_pretrained it first)")
+        voiceprints = None if self.speakers is None else (self.speakers.patient, self.speakers.clinician)
+        return _WorkerState(os.fspath(self.bundle.path), device, self.precision, self.baseline, self.vad,
+                            self.batch_size, threads=threads, voiceprints=voiceprints)
+
+    def _results_on_ray(self, jobs: list[_Job], segment: bool, errors: Errors) -> Iterator[_FileResult]:
+        """Jobs fanned out with Ray Data over ``num_workers`` workers (one model each, a GPU each where the
+        cluster has GPUs); results come back in the order given, as the worker processes' do."""
+        from monitor.live.ray_pool import import_ray, init_ray
+
+        ray = import_ray()
+        init_ray(self.ray)
+        from ray import data as ray_data
+
+        context = ray_data.DataContext.get_current()
+        context.execution_options.preserve_order = True  # the table's order is the order given
+        context.enable_progress_bars = False  # ours counts files
+        workers = min(self.num_workers, len(jobs))
+        gpus = 1 if self.requested_device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0 else 0
+        state = self._worker_state("auto" if gpus else "cpu", threads=1)
+        chunk = max(1, min(self.batch_size, math.ceil(len(jobs) / (workers * 4))))
+        items = [{"order": i, "file": j.file, "path": os.path.abspath(j.source), "start": _nan_if_none(j.start),
+                  "end": _nan_if_none(j.end)} for i, j in enumerate(jobs)]
+        data = ray_data.from_items(items, override_num_blocks=math.ceil(len(items) / chunk))
+        scored = data.map_batches(_RayScorer, fn_constructor_args=(state, segment, errors), batch_size=chunk,
+                                  batch_format="numpy", compute=ray_data.ActorPoolStrategy(size=workers),
+                                  num_cpus=1, num_gpus=gpus)
+        for expected, row in enumerate(scored.iter_rows()):
+            if int(row["order"]) != expected:  # pragma: no cover - preserve_order is Ray Data's promise
+                raise RuntimeError(f"Ray Data returned file {row['order']} where {expected} was due")
+            yield _FileResult(**json.loads(str(row["result"])))
 
     def _baseline_from(self, source: SpeakerBaseline | PathLike) -> SpeakerBaseline:
         """A baseline object, a baseline JSON file, or a recording to enrol from (cut by the same VAD)."""
@@ -665,15 +712,52 @@ def _worker_init(state: _WorkerState) -> None:
 
     signals.signal(signals.SIGINT, signals.SIG_IGN)
     torch.set_num_threads(state.threads)
-    bundle = load_bundle(state.bundle_path)
-    _WORKER = MoodModel(bundle, device=state.device, precision=state.precision, vad=state.vad,
-                        batch_size=state.batch_size, progress=False)
-    _WORKER.baseline = state.baseline
+    _WORKER = _model_from(state)
+
+
+def _model_from(state: _WorkerState) -> MoodModel:
+    """A worker's own model, as the parent's: same bundle, baseline, segmentation and voiceprints."""
+    model = MoodModel(load_bundle(state.bundle_path), device=state.device, precision=state.precision,
+                      vad=state.vad, batch_size=state.batch_size, progress=False)
+    model.baseline = state.baseline
     if state.voiceprints is not None:
-        _WORKER.speakers = _attributor_from(state.voiceprints, state.device)
+        model.speakers = _attributor_from(state.voiceprints, state.device)
+    return model
 
 
 def _worker_run(jobs: list[_Job], segment: bool, errors: Errors) -> list[_FileResult]:
     if _WORKER is None:
         raise RuntimeError("the worker process was not initialised")
     return list(_WORKER._results_here(jobs, segment, errors))
+
+
+# ---- Ray Data workers (ray=...) --------------------------------------------------------------------
+def _nan_if_none(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _none_if_nan(value: Any) -> float | None:
+    return None if value is None or math.isnan(float(value)) else float(value)
+
+
+class _RayScorer:
+    """A Ray Data worker: its own model (as a worker process has), scoring one batch of files at a time.
+
+    Each file's result travels back as JSON text (rows of numbers and labels; NaN kept), so that the
+    driver rebuilds exactly the rows a local run gives.
+    """
+
+    def __init__(self, state: _WorkerState, segment: bool, errors: Errors) -> None:
+        import torch
+
+        if state.device == "cpu":
+            torch.set_num_threads(state.threads)
+        self.model = _model_from(state)
+        self.segment, self.errors = segment, errors
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        jobs = [_Job(str(f), _none_if_nan(s), _none_if_nan(e), path=str(p))
+                for f, p, s, e in zip(batch["file"], batch["path"], batch["start"], batch["end"], strict=True)]
+        results = list(self.model._results_here(jobs, self.segment, self.errors))
+        text = [json.dumps({"file": r.file, "rows": r.rows, "error": r.error}) for r in results]
+        return {"order": np.asarray(batch["order"]), "result": np.asarray(text, dtype=object)}

@@ -22,8 +22,12 @@ from types import FrameType
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from monitor.audio.segmenter import VadConfig
+from monitor.history.target import add_db_argument, store_target
 from monitor.live.heatmap import HeatmapConfig
 from monitor.live.worker import WorkerConfig
+from monitor.options import (EXIT_ENDED_EARLY, EXIT_INTERRUPTED, EXIT_NOT_STORED, EXIT_OK, EXIT_SETUP,
+                             add_heatmap_arguments, add_model_arguments, add_server_arguments, add_vad_arguments,
+                             configs_from_args, open_source, speaker_encoder)
 
 if TYPE_CHECKING:  # the heavy modules (torch, the store) load only when a session starts, so --help is quick
     import numpy as np
@@ -34,13 +38,11 @@ if TYPE_CHECKING:  # the heavy modules (torch, the store) load only when a sessi
     from monitor.live.events import PointSink
     from monitor.live.pipeline import MonitorPipeline
     from monitor.live.speakers import SpeakerAttributor
-    from monitor.model.voiceprint import SpeakerEncoder
     from monitor.model.bundle import ModelBundle
     from monitor.model.emotion import EmotionModel
 
 log = logging.getLogger("monitor")
 
-EXIT_OK, EXIT_ENDED_EARLY, EXIT_SETUP, EXIT_NOT_STORED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 EXIT_CODES = """\
 exit status:
@@ -67,6 +69,9 @@ other commands (each has its own --help):
   mood-monitor report --patient P-017 --days 14 --out p017.pdf   # a patient's days and weeks
   mood-monitor data export --patient P-017 --out p017/           # list, export, assign, delete stored data
   mood-monitor analyze recordings/ --out results.csv             # score a folder of recordings into a table
+  mood-monitor serve --access clinicians.json --certfile c.pem --keyfile k.pem --host 0.0.0.0   # a clinic's
+                                                                 # server: many rooms stream to it (docs/clinic.md)
+  mood-monitor --remote wss://clinic:8765 --token T --patient P-017   # this room streams to that server
 """
 
 
@@ -82,72 +87,35 @@ def build_parser() -> argparse.ArgumentParser:
                      help="microphone: device number or name (see --list-devices); default: the system's")
     src.add_argument("--list-devices", action="store_true", help="print the audio devices and exit")
 
-    model = p.add_argument_group("model")
-    model.add_argument("--model", metavar="BUNDLE",
-                       help="model bundle: a shipped one by name (default, egemaps), a bundle folder, or a Hugging "
-                            "Face Hub repo id such as org/name (default: the shipped default model)")
-    model.add_argument("--compute", default="auto", metavar="DEV",
-                       help="where the model runs: auto (CUDA if present, else CPU), cpu, cuda, cuda:1 (default: auto)")
-    model.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
-                       help="auto = bf16/fp16 on a GPU, fp32 on the CPU; int8 = quantised WavLM feed-forward "
-                            "layers for faster CPU inference (default: auto)")
-    model.add_argument("--threads", type=int, metavar="N",
-                       help="CPU threads for the model (default: PyTorch's choice; use 1 per session when one "
-                            "machine runs several monitors)")
-    model.add_argument("--max-batch", type=int, default=8, metavar="N",
-                       help="segments embedded together at most (default: 8)")
-    model.add_argument("--max-wait-ms", type=float, default=0.0, metavar="MS",
-                       help="how long the worker waits for more segments to batch; 0 = take only what is already "
-                            "waiting, the lowest latency for one speaker (default: 0)")
-
-    vad = p.add_argument_group("speech segmentation (voice activity detection)")
-    vad.add_argument("--vad-aggressiveness", type=int, default=2, choices=[0, 1, 2, 3],
-                     help="0 keeps most sound as speech, 3 is strictest (default: 2)")
-    vad.add_argument("--frame-ms", type=int, default=30, choices=[10, 20, 30], help="VAD frame length (default: 30)")
-    vad.add_argument("--start-padding-ms", type=int, default=300, metavar="MS",
-                     help="look-back window that decides speech onset, kept as pre-roll (default: 300)")
-    vad.add_argument("--end-padding-ms", type=int, default=600, metavar="MS",
-                     help="silence that ends a segment (default: 600)")
-    vad.add_argument("--min-segment", type=float, default=0.5, metavar="S",
-                     help="drop speech shorter than this (default: 0.5 s)")
-    vad.add_argument("--max-segment", type=float, default=6.0, metavar="S",
-                     help="cut longer speech into windows of this length, so a monologue still yields points "
-                          "(default: 6 s)")
-    vad.add_argument("--speech-gate", choices=["on", "off"], default="on",
-                     help="check that each segment sounds like a speaking voice (a moving pitch), so tones, hum, "
-                          "music and noise the VAD lets through are skipped and counted instead of becoming "
-                          "confident points (default: on)")
-
-    hm = p.add_argument_group("heat map")
-    hm.add_argument("--heatmap-bins", type=int, default=48, metavar="N", help="cells per axis (default: 48)")
-    hm.add_argument("--heatmap-mode", choices=["decay", "window"], default="decay",
-                    help="decay: old speech fades with a half-life; window: only the last --window seconds count")
-    hm.add_argument("--half-life", type=float, default=120.0, metavar="S", help="decay half-life (default: 120 s)")
-    hm.add_argument("--window", type=float, default=300.0, metavar="S", help="window length (default: 300 s)")
-    hm.add_argument("--smoothing", type=float, default=1.0, metavar="CELLS",
-                    help="Gaussian blur of the map (default: 1 cell; 0 = none)")
-
+    add_model_arguments(p)
+    add_vad_arguments(p)
+    add_heatmap_arguments(p)
     dash = p.add_argument_group("dashboard (websocket + web page, same port)")
+    add_server_arguments(dash)
     dash.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard server")
-    dash.add_argument("--host", default="127.0.0.1",
-                      help="address to bind (default: 127.0.0.1, this computer only; 0.0.0.0 exposes clinical data "
-                           "to the network)")
-    dash.add_argument("--port", type=int, default=8765,
-                      help="port for the page and the websocket (default: 8765; 0 = any free port)")
-    dash.add_argument("--token",
-                      help="access token the page and websocket require (default: a new random one, printed at start)")
-    dash.add_argument("--certfile", help="TLS certificate (PEM) to serve https/wss")
-    dash.add_argument("--keyfile", help="TLS private key (PEM) for --certfile")
     dash.add_argument("--linger", type=float, default=0.0, metavar="S",
                       help="keep the dashboard up this long after the session ends (Ctrl-C quits sooner; default: 0)")
+    remote = p.add_argument_group("room client: stream this room's audio to a clinic's server instead "
+                                  "(mood-monitor serve)")
+    remote.add_argument("--remote", metavar="URL",
+                        help="the clinic server's address, e.g. wss://clinic.example:8765; the microphone (or "
+                             "--input) is streamed to it and the session runs there (--token is the clinician's)")
+    remote.add_argument("--room", metavar="NAME", default="", help="this room's name, shown to clinicians")
+    remote.add_argument("--cafile", metavar="PEM",
+                        help="trust this certificate authority for --remote (a clinic's own certificate)")
+    _add_store_arguments(p)
+    return p
 
+
+
+
+
+
+def _add_store_arguments(p: argparse.ArgumentParser) -> None:
     store = p.add_argument_group("storage (every point is kept per patient; no audio unless asked)")
     store.add_argument("--patient", metavar="ID",
                        help="pseudonymous patient id the session belongs to (no names needed)")
-    store.add_argument("--db", metavar="PATH",
-                       help="SQLite file to store sessions in (default: DATA_DIR/mood-monitor.sqlite)")
-    store.add_argument("--data-dir", metavar="DIR",
-                       help="data folder (default: $MOOD_MONITOR_DATA_DIR or ~/.local/share/mood-monitor)")
+    add_db_argument(store)
     store.add_argument("--no-store", action="store_true",
                        help="keep nothing on disk (points still go to --jsonl and the dashboard)")
     store.add_argument("--keep-audio", action="store_true",
@@ -173,30 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--jsonl", metavar="PATH", help="write one JSON object per point to PATH ('-' = stdout)")
     out.add_argument("--summary-json", metavar="PATH", help="write the session summary as JSON to PATH")
     out.add_argument("-v", "--verbose", action="store_true", help="log more detail")
-    return p
 
 
-def _configs(args: argparse.Namespace) -> tuple[VadConfig, WorkerConfig, HeatmapConfig]:
-    vad = VadConfig(aggressiveness=args.vad_aggressiveness, frame_ms=args.frame_ms,
-                    start_padding_ms=args.start_padding_ms, end_padding_ms=args.end_padding_ms,
-                    min_segment_s=args.min_segment, max_segment_s=args.max_segment,
-                    speech_gate=args.speech_gate == "on")
-    worker = WorkerConfig(device=args.compute, precision=args.precision, max_batch=args.max_batch,
-                          max_wait_ms=args.max_wait_ms)
-    heatmap = HeatmapConfig(bins=args.heatmap_bins, mode=args.heatmap_mode, half_life_s=args.half_life,
-                            window_s=args.window, smoothing_sigma=args.smoothing)
-    return vad, worker, heatmap
-
-
-def _open_source(args: argparse.Namespace, frame_ms: int) -> AudioSource:
-    from monitor.audio.sources import FileSource, MicrophoneSource
-
-    if args.input:
-        return FileSource(args.input, frame_ms=frame_ms, realtime=not args.fast)
-    device = args.device
-    if device is not None and str(device).isdigit():
-        device = int(device)
-    return MicrophoneSource(device=device, frame_ms=frame_ms)
 
 
 @contextlib.contextmanager
@@ -259,7 +205,7 @@ def _prepare(args: argparse.Namespace, vad: VadConfig, worker: WorkerConfig) -> 
         bundle = load_bundle(args.model)
         device = choose_device(worker.device)
         model = bundle.build_model(device=str(device), precision=worker.precision)
-        store = None if args.no_store else Store.open(args.db or _default_db(args.data_dir))
+        store = None if args.no_store else Store.open(store_target(args.db, args.data_dir), data_dir=args.data_dir)
         baseline = None
         if args.enroll:
             assert store is not None  # --enroll with --no-store is refused while parsing
@@ -285,23 +231,12 @@ def _prepare(args: argparse.Namespace, vad: VadConfig, worker: WorkerConfig) -> 
         enrolling = bool(args.enroll or args.enroll_clinician)
         monitoring = bool(args.input) or not enrolling
         speakers = _speaker_attributor(args, store, str(device)) if monitoring else None
-        source = _open_source(args, vad.frame_ms) if monitoring else None
+        source = open_source(args, vad.frame_ms) if monitoring else None
     except (AudioInputError, BundleError, BackboneLoadError, EnrolmentError, RuntimeError, ValueError,
             OSError) as exc:  # SpeakerEncoderError is a RuntimeError, VoiceprintError a ValueError
         raise _SetupError(str(exc)) from exc
     return _Setup(bundle, model, str(device), store, baseline, source, speakers)
 
-
-_ENCODERS: dict[str, SpeakerEncoder] = {}
-
-
-def _speaker_encoder(device: str) -> SpeakerEncoder:
-    """The speaker encoder (loaded once per process and device: enrolment and the session share it)."""
-    from monitor.model.voiceprint import ResemblyzerEncoder
-
-    if device not in _ENCODERS:
-        _ENCODERS[device] = ResemblyzerEncoder(device=device)
-    return _ENCODERS[device]
 
 
 def _enroll_voice(store: Store, role: str, owner: str, segments: Sequence[np.ndarray], source: str,
@@ -309,7 +244,7 @@ def _enroll_voice(store: Store, role: str, owner: str, segments: Sequence[np.nda
     """Take and keep a voiceprint from enrolment segments (biometric: only in the 0600 store)."""
     from monitor.model.enrolment import enroll_voice
 
-    voiceprint = enroll_voice(_speaker_encoder(device), segments, source=Path(source).name)
+    voiceprint = enroll_voice(speaker_encoder(device), segments, source=Path(source).name)
     store.set_voiceprint(role, owner, voiceprint)
 
 
@@ -331,7 +266,7 @@ def _speaker_attributor(args: argparse.Namespace, store: Store | None, device: s
     if patient is None:
         log.info("patient %s has no voiceprint (enrol with --enroll): every voice counts", args.patient)
         return None
-    return SpeakerAttributor(_speaker_encoder(device), patient, clinician, count=args.count)
+    return SpeakerAttributor(speaker_encoder(device), patient, clinician, count=args.count)
 
 
 def _check_compute(requested: str) -> None:
@@ -343,12 +278,6 @@ def _check_compute(requested: str) -> None:
     if not torch.cuda.is_available():
         raise _SetupError(f"--compute {requested} was asked for, but no CUDA GPU is available; use --compute cpu "
                           "(or auto, which picks a GPU when there is one)")
-
-
-def _default_db(data_dir: str | None) -> Path:
-    from monitor.history.store import default_db_path
-
-    return default_db_path(data_dir)
 
 
 def _build_pipeline(args: argparse.Namespace, setup: _Setup, source: AudioSource, vad: VadConfig,
@@ -429,12 +358,13 @@ def _run_session(args: argparse.Namespace, pipeline: MonitorPipeline) -> int:
 
 def _subcommands() -> dict[str, Callable[[Sequence[str] | None], int]]:
     from monitor import analyze
+    from monitor import serve_command
     from monitor.history import data, report
 
-    return {"report": report.main, "data": data.main, "analyze": analyze.main}
+    return {"report": report.main, "data": data.main, "analyze": analyze.main, "serve": serve_command.main}
 
 
-SUBCOMMANDS = ("report", "data", "analyze")
+SUBCOMMANDS = ("report", "data", "analyze", "serve")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -449,8 +379,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--fast only applies to --input replay")
     if args.list_devices:
         return _list_devices()
+    if args.remote:
+        from monitor.room_client import run_remote
+
+        return run_remote(parser, args)
     try:
-        vad, worker, heatmap = _configs(args)
+        vad, worker, heatmap = configs_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
     _check_enrolment_args(parser, args)

@@ -36,3 +36,39 @@ def tiny_bundle(tmp_path_factory) -> Path:
     from tests.bundles import tiny_wavlm_bundle
 
     return tiny_wavlm_bundle(tmp_path_factory.mktemp("tiny_bundle"))
+
+
+# ---- the store on PostgreSQL ------------------------------------------------------------
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server for the whole run (fails, naming the Debian package, when none is installed)."""
+    from tests.postgres import PostgresServer
+
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A fresh, empty database for one test (dropped afterwards), as a postgresql:// URL."""
+    url = pg_server.new_database()
+    yield url
+    pg_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def target(request, backend, tmp_path, monkeypatch):
+    """Where a test's store lives: ``tmp_path/m.sqlite``, or a fresh PostgreSQL database whose kept audio goes
+    to ``tmp_path`` (the data folder), so ``tmp_path / record["path"]`` finds it with either backend."""
+    if backend == "sqlite":
+        return tmp_path / "m.sqlite"
+    monkeypatch.setenv("MOOD_MONITOR_DATA_DIR", str(tmp_path))
+    return request.getfixturevalue("pg_url")

@@ -139,8 +139,9 @@ def add_session(store, sid, started_at, points, patient="P1"):
 
 
 @pytest.fixture()
-def store(tmp_path):
-    with Store.open(tmp_path / "m.sqlite") as s:
+def store(target):
+    """The same sessions in a SQLite file and in a PostgreSQL database (``target`` in conftest.py)."""
+    with Store.open(target) as s:
         add_session(s, "d1", ts(2024, 3, 4, 10), [(0.5, 0.5, 2.0, 1.0), (0.5, 0.5, 2.0, 1.0)])
         # a late session: starts 23:30 UTC on 6 March, its points fall after midnight
         add_session(s, "d3-late", ts(2024, 3, 6, 23, 30), [(-0.5, -0.5, 1.0, 1.0)] * 2 + [(-0.5, 0.5, 3600.0, 0.0)])

@@ -27,6 +27,12 @@ def ts(d: int, h: int = 10) -> float:
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
     path = tmp_path_factory.mktemp("report") / "m.sqlite"
+    fill_store(path)
+    return path
+
+
+def fill_store(path) -> None:
+    """Six sessions of P1 over nine days, two with marks, one never closed."""
     rng = np.random.default_rng(3)
     with Store.open(path) as store:
         for k, (day, hour) in enumerate([(1, 10), (2, 9), (2, 15), (4, 10), (7, 11), (9, 10)]):
@@ -49,7 +55,6 @@ def db(tmp_path_factory):
                                               Mark(40.0, f"mark {k}b", ts(day, hour) + 40.0)])
             if k != 4:  # one session was never closed: the table says so
                 store.end_session(sid, ts(day, hour) + t)
-    return path
 
 
 def history(db, **kw):
@@ -92,6 +97,17 @@ def test_cli_writes_png_pdf_json(db, tmp_path, capsys):
     assert 0.03 < not_white < 0.9  # drawn on, but not a solid block
     colours = len(np.unique(pixels.reshape(-1, 3)[::7], axis=0))
     assert colours > 100  # heat maps, not just text and lines
+
+
+def test_the_report_reads_the_same_from_postgresql(db, pg_url, tmp_path):
+    """The same sessions written to PostgreSQL give the same report JSON as the SQLite file (same queries)."""
+    fill_store(pg_url)
+    outs = []
+    for source, name in ((db, "lite.json"), (pg_url, "pg.json")):
+        assert report.main(["--db", str(source), "--patient", "P1", "--from", FROM, "--to", TO, "--tz", "UTC",
+                            "--out", str(tmp_path / name)]) == 0
+        outs.append(json.loads((tmp_path / name).read_text()))
+    assert outs[1] == outs[0] and outs[0]["sessions"]
 
 
 def test_letter_paper(db, tmp_path):

@@ -1,4 +1,10 @@
-"""The store: schema and migration, the pipeline sink, baselines, export and complete deletion."""
+"""The store: schema and migration, the pipeline sink, baselines, export and complete deletion.
+
+Tests that take ``target`` run on both backends: a SQLite file and a fresh
+database on a real PostgreSQL server (``tests/postgres.py``). Tests about the
+SQLite file itself (WAL mode, file mode, its raw bytes) stay SQLite-only and
+have PostgreSQL counterparts below where they mean something there.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import pytest
 from monitor.history import data as data_cli
 from monitor.live.events import Mark, Point, SessionInfo
 from monitor.history.sink import StoreSink
-from monitor.history.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError, default_db_path
+from monitor.history.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError, default_db_path, open_backend
 
 # The schema as first released (version 1), frozen here so the migration test starts from
 # what real v1 files contain even if someone edits monitor/history/schema.py.
@@ -80,6 +86,54 @@ def columns(conn: sqlite3.Connection) -> dict[str, list[tuple]]:
     return {t: [tuple(r) for r in conn.execute(f"PRAGMA table_info({t})")] for t in tables}
 
 
+def schema_of(store: Store) -> dict[str, list[tuple]]:
+    """Each table's columns as (name, type, not null, default, primary key position) on either backend."""
+    if isinstance(store.path, str):  # PostgreSQL
+        rows = store.conn.execute(
+            """SELECT c.table_name AS t, c.column_name AS name, c.data_type AS type, c.is_nullable = 'NO' AS notnull,
+                      c.column_default AS dflt, COALESCE(k.ordinal_position, 0) AS pk
+               FROM information_schema.columns c
+               LEFT JOIN information_schema.table_constraints tc ON tc.table_name = c.table_name
+                    AND tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = c.table_schema
+               LEFT JOIN information_schema.key_column_usage k ON k.constraint_name = tc.constraint_name
+                    AND k.column_name = c.column_name AND k.table_schema = c.table_schema
+               WHERE c.table_schema = current_schema() AND c.table_name <> 'mood_monitor_schema'
+               ORDER BY c.table_name, c.ordinal_position""").fetchall()
+        out: dict[str, list[tuple]] = {}
+        for r in rows:
+            out.setdefault(r["t"], []).append((r["name"], r["type"], bool(r["notnull"]), r["dflt"], r["pk"]))
+        return out
+    return {t: [(c[1], c[2], bool(c[3]), c[4], c[5]) for c in cols] for t, cols in columns(store.conn).items()}
+
+
+def make_v1_store(target) -> None:
+    """A version 1 store (the frozen DDL above, through the backend's own DDL translation) holding data."""
+    db = open_backend(target)
+    try:
+        with db.transaction() as c:
+            db.lock_schema(c)
+            for statement in V1_DDL.split(";"):
+                if statement.strip() and not statement.strip().startswith("PRAGMA"):
+                    c.execute(db.ddl(statement.strip()))
+            db.set_schema_version(c, 1)
+            c.execute("INSERT INTO patients VALUES ('P1', 1000.0)")
+            for sid, ended in (("s-ended", 1600.0), ("s-killed", None)):
+                start = 1000.0 if ended else 2000.0
+                c.execute("INSERT INTO sessions(session_id, patient_id, started_at, ended_at, model_id, model_version) "
+                          "VALUES (?, 'P1', ?, ?, 'm', '1')", (sid, start, ended))
+            ids = {r["session_id"]: r["id"] for r in c.execute("SELECT id, session_id FROM sessions")}
+            for i in range(3):
+                c.execute("INSERT INTO points VALUES (?, ?, ?, ?, 0.5, -0.5, 0.9, '{}', 10, ?)",
+                          (ids["s-ended"], i, i * 2.0, i * 2.0 + 1, 1001.0 + i))
+                c.execute("INSERT INTO points VALUES (?, ?, ?, ?, -0.1, 0.3, 0.6, '{}', 10, ?)",
+                          (ids["s-killed"], i, i * 2.0, i * 2.0 + 1, 2010.0 + i))
+            c.execute("INSERT INTO marks(session, t, text, wall_time) VALUES (?, 3.0, 'laughs', 1003.0)",
+                      (ids["s-ended"],))
+        assert db.schema_version() == 1
+    finally:
+        db.close()
+
+
 def test_fresh_store_is_wal_and_current(tmp_path):
     path = tmp_path / "sub" / "m.sqlite"
     with Store.open(path) as store:
@@ -137,11 +191,81 @@ def test_migration_from_v1_keeps_data_and_closes_dead_sessions(tmp_path):
         assert columns(fresh.conn) == migrated  # a migrated file and a new one have the same schema
 
 
-def test_a_commit_that_fails_rolls_back_and_the_store_stays_usable(tmp_path):
-    with Store.open(tmp_path / "m.sqlite") as store:
-        with pytest.raises(sqlite3.IntegrityError):
+def test_migration_from_v1_on_either_backend(target, request):
+    make_v1_store(target)
+    with Store.open(target) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        assert store.recovered_sessions == ["s-killed"]
+        rows = {s.session_id: s for s in store.sessions("P1")}
+        assert rows["s-ended"].end_state == "clean" and rows["s-ended"].ended_at == 1600.0
+        assert rows["s-killed"].end_state == "recovered" and rows["s-killed"].ended_at == 2012.0
+        assert rows["s-killed"].audio_seconds == 5.0  # v3's step ran (the last point's end)
+        assert rows["s-ended"].points == 3 and rows["s-ended"].marks == 1
+        store.set_voiceprint("patient", "P1", _voiceprint())  # v4 features work on the migrated store
+        assert store.voiceprint("patient", "P1", "enc") is not None
+        assert store.integrity_check() == "ok"
+        migrated = schema_of(store)
+    fresh = target.with_name("fresh.sqlite") if not isinstance(target, str) else request.getfixturevalue(
+        "pg_server").new_database()
+    with Store.open(fresh) as store:
+        assert schema_of(store) == migrated  # a migrated store and a new one have the same schema
+
+
+def _voiceprint():
+    from calibration.attribution import Voiceprint
+
+    return Voiceprint(vector=np.array([0.6, 0.8]), n_segments=5, seconds=30.0, encoder="enc")
+
+
+def test_two_openers_of_an_old_store_migrate_it_once(target, caplog):
+    """Four threads open a version 1 store at once: every open succeeds and each step runs exactly once."""
+    import logging
+
+    make_v1_store(target)
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+    caplog.set_level(logging.INFO, logger="monitor.history.schema")
+
+    def open_it() -> None:
+        try:
+            barrier.wait()
+            Store.open(target, recover=False).close()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    steps = [r.getMessage() for r in caplog.records if "migrated to schema version" in r.getMessage()]
+    assert sorted(int(m.rsplit(" ", 1)[1]) for m in steps) == list(range(2, SCHEMA_VERSION + 1)), steps
+    with Store.open(target) as store:
+        assert store.schema_version() == SCHEMA_VERSION and store.session("s-ended").points == 3
+
+
+def test_sqlite_and_postgresql_have_the_same_schema(tmp_path, pg_url):
+    """The PostgreSQL DDL is the SQLite steps translated: same tables, columns, nullability, keys; types mapped."""
+    with Store.open(tmp_path / "m.sqlite") as lite, Store.open(pg_url, data_dir=tmp_path) as pg:
+        a, b = schema_of(lite), schema_of(pg)
+        assert a.keys() == b.keys()
+        types = {"TEXT": "text", "REAL": "double precision", "INTEGER": "bigint"}
+        for table in a:
+            assert [(c[0], types[c[1]], c[2] or c[4] > 0, c[4]) for c in a[table]] == [
+                (c[0], c[1], c[2], c[4]) for c in b[table]], table
+        assert pg.conn.execute("SELECT version FROM mood_monitor_schema").fetchone()["version"] == SCHEMA_VERSION
+        assert pg.conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+
+
+def test_a_commit_that_fails_rolls_back_and_the_store_stays_usable(target, backend):
+    import psycopg
+
+    with Store.open(target) as store:
+        with pytest.raises(sqlite3.IntegrityError if backend == "sqlite" else psycopg.IntegrityError):
             with store.transaction() as conn:
-                conn.execute("PRAGMA defer_foreign_keys = ON")  # the violation surfaces only at COMMIT
+                if backend == "sqlite":
+                    conn.execute("PRAGMA defer_foreign_keys = ON")  # the violation surfaces only at COMMIT
                 conn.execute("INSERT INTO marks (session, t, text, wall_time) VALUES (999, 1.0, 'x', 0.0)")
         assert not store.conn.in_transaction
         with store.transaction() as conn:  # the next write works (it would fail inside a stuck transaction)
@@ -149,13 +273,14 @@ def test_a_commit_that_fails_rolls_back_and_the_store_stays_usable(tmp_path):
         assert store.conn.execute("SELECT COUNT(*) FROM marks").fetchone()[0] == 0
 
 
-def test_newer_schema_is_refused(tmp_path):
-    path = tmp_path / "future.sqlite"
-    conn = sqlite3.connect(path)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    conn.close()
+def test_newer_schema_is_refused(target, backend):
+    with Store.open(target) as store:
+        if backend == "sqlite":
+            store.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        else:
+            store.conn.execute("UPDATE mood_monitor_schema SET version = ?", (SCHEMA_VERSION + 1,))
     with pytest.raises(StoreError, match="newer"):
-        Store.open(path)
+        Store.open(target)
 
 
 def test_not_a_database(tmp_path):
@@ -187,8 +312,8 @@ def run_sink(store: Store, sid: str, n: int, patient: str | None = "P1", keep_au
     return points
 
 
-def test_sink_stores_session_points_marks_and_a_clean_end(tmp_path):
-    with Store.open(tmp_path / "m.sqlite") as store:
+def test_sink_stores_session_points_marks_and_a_clean_end(target, tmp_path):
+    with Store.open(target) as store:
         assert store.conn is not None  # this thread's connection
         points = run_sink(store, "s1", 5)
         run_sink(store, "s2", 1)
@@ -208,13 +333,13 @@ def test_sink_stores_session_points_marks_and_a_clean_end(tmp_path):
         assert not store.audio_root.exists()
 
 
-def test_sink_keeps_only_counted_points_and_the_speech_per_voice(tmp_path):
+def test_sink_keeps_only_counted_points_and_the_speech_per_voice(target, tmp_path):
     """Issue 14: another voice's point (counted False) and its audio are not stored; the speech per voice is."""
     from dataclasses import replace
 
     from monitor.live.events import Status
 
-    with Store.open(tmp_path / "m.sqlite") as store:
+    with Store.open(target) as store:
         sink = StoreSink(store, patient_id="P1", keep_audio=True)
         sink.start(session_info("s1", 1_700_000_000.0, patient=None), heatmap=None)
         speakers = ["patient", "clinician", "unknown", "patient"]
@@ -234,12 +359,18 @@ def test_sink_keeps_only_counted_points_and_the_speech_per_voice(tmp_path):
         assert store.speaker_seconds("s1") == {"patient": 3.0, "clinician": 1.5, "unknown": 1.5}
 
 
-def test_sink_point_never_waits_for_the_disk(tmp_path):
+def test_sink_point_never_waits_for_the_disk(target, backend):
     """With the database locked by another writer, point() still returns at once; the queue bound holds."""
-    path = tmp_path / "m.sqlite"
-    with Store.open(path) as store:
-        blocker = sqlite3.connect(path, isolation_level=None)
-        blocker.execute("BEGIN EXCLUSIVE")  # the writer thread cannot commit until this ends
+    import psycopg
+
+    with Store.open(target) as store:
+        if backend == "sqlite":
+            blocker = sqlite3.connect(target, isolation_level=None)
+            blocker.execute("BEGIN EXCLUSIVE")  # the writer thread cannot commit until this ends
+        else:
+            blocker = psycopg.connect(target, autocommit=True)
+            blocker.execute("BEGIN")
+            blocker.execute("LOCK TABLE points IN ACCESS EXCLUSIVE MODE")  # no point can be written until COMMIT
         sink = StoreSink(store, patient_id="P1", max_queue=50)
         sink.start(session_info("s-blocked", 1_700_000_000.0), heatmap=None)
         slowest = 0.0
@@ -255,10 +386,10 @@ def test_sink_point_never_waits_for_the_disk(tmp_path):
         assert stored == 200 - sink.dropped
 
 
-def test_keep_audio_writes_flac_and_delete_removes_it(tmp_path):
+def test_keep_audio_writes_flac_and_delete_removes_it(target, tmp_path):
     import soundfile as sf
 
-    with Store.open(tmp_path / "m.sqlite") as store:
+    with Store.open(target) as store:
         run_sink(store, "s-audio", 3, keep_audio=True)
         records = store.audio_records("s-audio")
         assert [r["index"] for r in records] == [0, 1, 2]
@@ -271,8 +402,8 @@ def test_keep_audio_writes_flac_and_delete_removes_it(tmp_path):
         assert not folder.exists() and store.session("s-audio") is None
 
 
-def test_sessions_without_patient_are_unassigned_until_assigned(tmp_path):
-    with Store.open(tmp_path / "m.sqlite") as store:
+def test_sessions_without_patient_are_unassigned_until_assigned(target, tmp_path):
+    with Store.open(target) as store:
         run_sink(store, "anon", 2, patient=None)
         assert store.session("anon").patient_id is None
         assert [p.patient_id for p in store.patients()] == [None]
@@ -284,8 +415,8 @@ def test_sessions_without_patient_are_unassigned_until_assigned(tmp_path):
             store.assign_session("nope", "P9")
 
 
-def test_baselines_are_replaced_and_kept(tmp_path):
-    with Store.open(tmp_path / "m.sqlite") as store:
+def test_baselines_are_replaced_and_kept(target, tmp_path):
+    with Store.open(target) as store:
         assert store.get_baseline("P1") is None
         store.set_baseline("P1", {"v": 1}, "model-a")
         store.set_baseline("P1", {"v": 2}, "model-a")
@@ -299,8 +430,8 @@ def test_baselines_are_replaced_and_kept(tmp_path):
             ("model-a", 1, False), ("model-a", 2, True), ("model-b", 3, True)]
 
 
-def test_recovery_leaves_live_sessions_alone(tmp_path):
-    path = tmp_path / "m.sqlite"
+def test_recovery_leaves_live_sessions_alone(target):
+    path = target
     with Store.open(path) as store:
         store.begin_session(session_info("live", time.time()))  # written by this (live) process
         store.begin_session(session_info("dead", time.time() - 10))
@@ -317,8 +448,8 @@ def test_recovery_leaves_live_sessions_alone(tmp_path):
         assert store.session("live").end_state is None
 
 
-def test_concurrent_readers_while_the_sink_writes(tmp_path):
-    path = tmp_path / "m.sqlite"
+def test_concurrent_readers_while_the_sink_writes(target):
+    path = target
     with Store.open(path) as store:
         sink = StoreSink(store, patient_id="P1")
         sink.start(session_info("s", 1_700_000_000.0), heatmap=None)
@@ -354,8 +485,8 @@ def fill(path):
                       "WHERE session = (SELECT id FROM sessions WHERE session_id = 'a1')")
 
 
-def test_export_csv_and_json(tmp_path, capsys):
-    db = tmp_path / "m.sqlite"
+def test_export_csv_and_json(target, tmp_path, capsys):
+    db = target
     fill(db)
     assert data_cli.main(["--db", str(db), "export", "--patient", "ALPHA-7731", "--out", str(tmp_path / "x.json")]) == 0
     doc = json.loads((tmp_path / "x.json").read_text())
@@ -394,8 +525,8 @@ def test_delete_needs_yes_and_leaves_no_trace(tmp_path, capsys):
         assert secret not in raw, f"{secret!r} still in the database files"
 
 
-def test_data_cli_lists(tmp_path, capsys):
-    db = tmp_path / "m.sqlite"
+def test_data_cli_lists(target, tmp_path, capsys):
+    db = target
     fill(db)
     capsys.readouterr()
     assert data_cli.main(["--db", str(db), "patients"]) == 0
@@ -413,8 +544,8 @@ def test_data_cli_lists(tmp_path, capsys):
     assert exc.value.code == 0 and "delete" in capsys.readouterr().out
 
 
-def test_retime_session(tmp_path):
-    with Store.open(tmp_path / "m.sqlite") as store:
+def test_retime_session(target, tmp_path):
+    with Store.open(target) as store:
         run_sink(store, "s", 3, started_at=1_700_000_000.0)
         before = store.point_records("s")
         store.retime_session("s", 1_600_000_000.0)
@@ -430,9 +561,9 @@ def test_retime_session(tmp_path):
 
 
 # ---- the sink's counters and the public write API ---------------------------------------------
-def test_sink_counts_points_marks_and_audio_apart(tmp_path):
+def test_sink_counts_points_marks_and_audio_apart(target, tmp_path):
     """A full queue drops each kind into its own counter (marks and audio are not 'points dropped')."""
-    with Store.open(tmp_path / "m.sqlite") as store:
+    with Store.open(target) as store:
         sink = StoreSink(store, patient_id="P1", keep_audio=True, max_queue=3, max_audio_pending=100)
         # no writer thread yet: the queue only fills
         p = make_point(0, 0.0, 1_700_000_000.0)
@@ -447,8 +578,8 @@ def test_sink_counts_points_marks_and_audio_apart(tmp_path):
         assert sink._audio_pending == 0  # audio that could not be queued is not pending
 
 
-def test_sink_counters_are_exact_under_concurrent_drops(tmp_path):
-    with Store.open(tmp_path / "m.sqlite") as store:
+def test_sink_counters_are_exact_under_concurrent_drops(target, tmp_path):
+    with Store.open(target) as store:
         sink = StoreSink(store, patient_id="P1", max_queue=10)
         p = make_point(0, 0.0, 1_700_000_000.0)
         m = Mark(t=1.0, text="x", wall_time=1_700_000_001.0)
@@ -466,10 +597,10 @@ def test_sink_counters_are_exact_under_concurrent_drops(tmp_path):
         assert sink.dropped_points + sink.dropped_marks == 2 * 4 * 3000 - 10
 
 
-def test_sink_counts_everything_when_the_session_cannot_be_created(tmp_path, monkeypatch):
-    with Store.open(tmp_path / "m.sqlite") as store:
+def test_sink_counts_everything_when_the_session_cannot_be_created(target, monkeypatch):
+    with Store.open(target) as store:
         def refuse(*args, **kwargs):
-            raise sqlite3.OperationalError("disk I/O error")
+            raise store.errors[0]("disk I/O error")  # the backend driver's own error class
 
         monkeypatch.setattr(store, "begin_session", refuse)
         sink = StoreSink(store, patient_id="P1", keep_audio=True)
@@ -484,8 +615,8 @@ def test_sink_counts_everything_when_the_session_cannot_be_created(tmp_path, mon
         assert store.session("s-lost") is None
 
 
-def test_write_batch_commits_points_marks_and_a_heartbeat(tmp_path):
-    with Store.open(tmp_path / "m.sqlite") as store:
+def test_write_batch_commits_points_marks_and_a_heartbeat(target, tmp_path):
+    with Store.open(target) as store:
         store.begin_session(session_info("s", 1_700_000_000.0))
         store.conn.execute("UPDATE sessions SET heartbeat_at = 0")
         store.write_batch("s", [make_point(i, i * 2.0, 1_700_000_000.0 + i) for i in range(3)],
@@ -498,8 +629,8 @@ def test_write_batch_commits_points_marks_and_a_heartbeat(tmp_path):
             store.write_batch("nope", [make_point(0, 0.0, 0.0)])
 
 
-def test_has_patient_and_named_rows(tmp_path):
-    with Store.open(tmp_path / "m.sqlite") as store:
+def test_has_patient_and_named_rows(target, tmp_path):
+    with Store.open(target) as store:
         assert not store.has_patient("P1") and store.patient_ids() == []
         run_sink(store, "s1", 2, patient="P1")
         store.set_baseline("P0", {"v": 1}, "m")
@@ -511,3 +642,111 @@ def test_has_patient_and_named_rows(tmp_path):
         table = store.points(["s1"])
         assert table.session.tolist() == ["s1", "s1"] and table.index.tolist() == [0, 1]
         assert table.t_end.tolist() == [1.5, 3.5] and table.valence.tolist() == [0.0, 0.1]
+
+
+# ---- PostgreSQL's own counterparts ---------------------------------------------------------
+def test_postgresql_delete_leaves_no_trace_in_the_table_files(pg_server, pg_url, tmp_path, monkeypatch, capsys):
+    """After `data delete` (DELETE, VACUUM FULL, CHECKPOINT) the patient's id, marks and baseline are in no heap,
+    index or TOAST file of the database; before it they were (so the search can find them)."""
+    monkeypatch.setenv("MOOD_MONITOR_DATA_DIR", str(tmp_path))
+    fill(pg_url)
+    secrets = (b"ALPHA-7731", b"ALPHA-MARK-QWERTY", b"BASELINE-XYZZY")
+
+    def raw() -> bytes:
+        return b"".join(p.read_bytes() for p in pg_server.relation_files(pg_url))
+
+    pg_server.admin("CHECKPOINT")
+    before = raw()
+    assert all(secret in before for secret in secrets)
+    assert data_cli.main(["--db", pg_url, "delete", "--patient", "ALPHA-7731", "--yes"]) == 0
+    with Store.open(pg_url) as store:
+        assert [p.patient_id for p in store.patients()] == ["BRAVO"]
+        assert store.session("b1").points == 4 and store.integrity_check() == "ok"
+    after = raw()
+    assert b"BRAVO" in after  # the files searched are the live ones
+    for secret in secrets:
+        assert secret not in after, f"{secret!r} still in the table files"
+
+
+def test_a_password_in_the_url_never_appears_in_messages_or_logs(pg_server, pg_url, tmp_path, caplog, capsys):
+    import logging
+    from urllib.parse import urlsplit
+
+    from monitor.history.target import display_name
+
+    password = "Zebra-Pw-93817"
+    db = urlsplit(pg_url).path.lstrip("/")
+    pg_server.admin(f"CREATE ROLE clinic LOGIN PASSWORD '{password}'")
+    try:
+        pg_server.admin(f"GRANT ALL ON SCHEMA public TO clinic; ALTER DATABASE {db} OWNER TO clinic", database=db)
+        caplog.set_level(logging.DEBUG)
+        good = pg_server.url(db, user="clinic", password=password, tcp=True)
+        assert display_name(good) == f"postgresql://clinic@127.0.0.1:{pg_server.port}/{db}"
+        with Store.open(good, data_dir=tmp_path) as store:  # the right password: it works, and is never shown
+            run_sink(store, "s1", 2, patient="P1")
+            assert password not in str(store.path)
+        assert data_cli.main(["--db", good, "check"]) == 0
+        assert data_cli.main(["--db", good, "delete", "--patient", "NOBODY", "--yes"]) == 2
+        bad = [pg_server.url(db, user="clinic", password=password + "x", tcp=True),
+               pg_server.url("no_such_db", user="clinic", password=password, tcp=True),
+               f"postgresql://clinic@127.0.0.1:{pg_server.port}/{db}?password={password}x&connect_timeout=5"]
+        for url in bad:
+            with pytest.raises(StoreError, match="cannot open the store") as exc:
+                Store.open(url, data_dir=tmp_path)
+            assert password not in str(exc.value) and "clinic@127.0.0.1" in str(exc.value)
+            assert data_cli.main(["--db", url, "patients"]) == 2
+        out = capsys.readouterr()
+        assert "integrity ok" in out.out and "clinic@127.0.0.1" in out.out + out.err
+        assert password not in out.out + out.err
+        assert password not in caplog.text
+    finally:
+        pg_server.admin(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        pg_server.admin("DROP ROLE clinic")
+
+
+def test_postgresql_without_the_driver_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if psycopg were not installed
+    with pytest.raises(StoreError, match=r"pip install 'mood-monitor\[clinic\]'"):
+        Store.open("postgresql://monitor@db.example/mood", data_dir=tmp_path)
+    assert data_cli.main(["--db", "postgres://monitor@db.example/mood", "patients"]) == 2
+
+
+def test_postgresql_durability_settings_are_checked_at_open(pg_server, pg_url, tmp_path, caplog):
+    """synchronous_commit = off is switched back on for the store's connections (loudly); fsync = off is refused."""
+    import logging
+    from urllib.parse import urlsplit
+
+    db = urlsplit(pg_url).path.lstrip("/")
+    pg_server.admin(f"ALTER DATABASE {db} SET synchronous_commit = off")
+    caplog.set_level(logging.WARNING)
+    with Store.open(pg_url, data_dir=tmp_path) as store:
+        assert "synchronous_commit = off" in caplog.text
+        assert store.conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+        thread_value: list[str] = []
+        worker = threading.Thread(target=lambda: thread_value.append(
+            store.conn.execute("SHOW synchronous_commit").fetchone()[0]))
+        worker.start()
+        worker.join()
+        assert thread_value == ["on"]  # every thread's connection, not only the first
+    pg_server.admin("ALTER SYSTEM SET fsync = off")
+    pg_server.admin("SELECT pg_reload_conf()")
+    try:
+        time.sleep(0.5)
+        with pytest.raises(StoreError, match="fsync = off"):
+            Store.open(pg_url, data_dir=tmp_path)
+    finally:
+        pg_server.admin("ALTER SYSTEM RESET fsync")
+        pg_server.admin("SELECT pg_reload_conf()")
+        time.sleep(0.5)
+    assert pg_server.admin("SHOW fsync") == [("on",)]
+
+
+def test_reading_tools_refuse_an_empty_postgresql_database(pg_url, capsys):
+    """Like a missing SQLite file: `data` and `report` do not create a store where there is none."""
+    from monitor.history import report
+
+    assert data_cli.main(["--db", pg_url, "patients"]) == 2
+    assert "no store in" in capsys.readouterr().err
+    assert report.main(["--db", pg_url, "--patient", "P1", "--out", "x.json"]) == 2
+    with Store.open(pg_url) as store:  # the monitor (Store.open) creates it
+        assert store.schema_version() == SCHEMA_VERSION

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from monitor.history.store import Store, StoreError, open_existing
+from monitor.history.target import add_db_argument
 from monitor.live.private import open_private, private_dir, write_private_text
 
 DESCRIPTION = """\
@@ -30,6 +31,7 @@ examples:
   mood-monitor data export --patient P017 --out p017.json      # one JSON document
   mood-monitor data delete --patient P017 --yes                # everything about P017, no undo
   mood-monitor data --db /elsewhere/mood.sqlite check
+  mood-monitor data --db postgresql://monitor@db.clinic/mood patients   # a clinic's PostgreSQL store
 """
 
 
@@ -212,9 +214,7 @@ def cmd_check(store: Store, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mood-monitor data", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--db", metavar="PATH", help="SQLite file (default: DATA_DIR/mood-monitor.sqlite)")
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="data folder (default: $MOOD_MONITOR_DATA_DIR or ~/.local/share/mood-monitor)")
+    add_db_argument(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("patients", help="list patients with their session and point counts")
@@ -248,8 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("delete", help="delete a patient's data (or single sessions) for good; needs --yes",
                        description="Delete a patient's sessions, points, marks, kept audio and baselines, and the "
                                    "patient id itself; or only the sessions given with --session. Freed space is "
-                                   "overwritten with zeros and the write-ahead log truncated, so the data does not "
-                                   "linger in the file. Without --yes it only says what it would delete.")
+                                   "overwritten with zeros and the write-ahead log truncated (PostgreSQL: the tables "
+                                   "are rewritten with VACUUM FULL), so the data does not linger in the store's "
+                                   "files. Without --yes it only says what it would delete.")
     who = s.add_mutually_exclusive_group()
     who.add_argument("--patient", metavar="ID", help="everything about this patient, the id included")
     who.add_argument("--session", nargs="+", metavar="SESSION_ID", help="only these sessions (see `sessions`)")

@@ -5,6 +5,11 @@ threads at once, while the monitor's writer thread, the dashboard's history
 requests and the CLIs all read or write. In WAL mode readers and the writer
 overlap; ``synchronous=FULL`` makes every COMMIT survive a killed process and a
 power cut. Rows come back as ``sqlite3.Row`` so code reads columns by name.
+
+``Backend`` is the interface the rest of ``monitor.history`` programs against;
+``Database`` (here) and ``monitor.history.postgres.PgDatabase`` implement it.
+Each keeps its own dialect: the queries elsewhere are written once, in SQL both
+accept, with ``?`` placeholders.
 """
 
 from __future__ import annotations
@@ -13,36 +18,108 @@ import logging
 import os
 import sqlite3
 import threading
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
+from monitor.history.target import DB_FILENAME, default_db_path
 from monitor.model.datadir import DATA_DIR_ENV, default_data_dir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DATA_DIR_ENV", "DB_FILENAME", "Database", "StoreError", "default_data_dir", "default_db_path"]
-
-DB_FILENAME = "mood-monitor.sqlite"
+__all__ = ["DATA_DIR_ENV", "DB_FILENAME", "Backend", "Connection", "Cursor", "Database", "StoreError",
+           "default_data_dir", "default_db_path"]
 
 
 class StoreError(RuntimeError):
     """The store cannot be used (newer schema, unreadable file); the message says which."""
 
 
-def default_db_path(data_dir: str | Path | None = None) -> Path:
-    """DATA_DIR/mood-monitor.sqlite: DATA_DIR is ``data_dir``, $MOOD_MONITOR_DATA_DIR or ~/.local/share/mood-monitor."""
-    return (Path(data_dir).expanduser() if data_dir else default_data_dir()) / DB_FILENAME
+class Cursor(Protocol):
+    """What a query returns on either backend: rows readable by column name and by position."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """A thread's connection: ``sqlite3.Connection`` itself, or the PostgreSQL wrapper with the same calls."""
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Cursor: ...
+
+
+class Backend(Protocol):
+    """The store's database, SQLite or PostgreSQL: connections, transactions and each dialect's own jobs."""
+
+    #: The SQLite file, or the PostgreSQL URL without its password (for messages).
+    @property
+    def path(self) -> Path | str: ...
+
+    #: The folder kept audio goes under (the SQLite file's folder; the data folder with PostgreSQL).
+    @property
+    def files_dir(self) -> Path: ...
+
+    #: The driver's exception classes (what a failed write raises).
+    @property
+    def errors(self) -> tuple[type[Exception], ...]: ...
+
+    @property
+    def conn(self) -> Connection: ...
+
+    def transaction(self, immediate: bool = True) -> AbstractContextManager[Connection]: ...
+
+    def release_thread_connection(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def connection_count(self) -> int: ...
+
+    def schema_version(self) -> int: ...
+
+    def checkpoint(self) -> None: ...
+
+    def integrity_check(self) -> str: ...
+
+    def fetch_tuples(self, sql: str, parameters: Sequence[Any]) -> tuple[list[str], list[tuple[Any, ...]]]: ...
+
+    # migrations (monitor.history.schema)
+    def lock_schema(self, conn: Connection) -> int: ...
+
+    def ddl(self, statement: str) -> str: ...
+
+    def set_schema_version(self, conn: Connection, version: int) -> None: ...
+
+    # deletion that leaves no trace (monitor.history.erase)
+    def erasing(self) -> AbstractContextManager[None]: ...
+
+    def scrub(self, tables: Sequence[str]) -> None: ...
 
 
 class Database:
     """One SQLite file; each thread gets its own connection on first use (thread-safe)."""
+
+    errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+
+    @property
+    def files_dir(self) -> Path:
+        return self.path.parent
 
     @classmethod
     def create_or_open(cls, path: str | Path) -> "Database":
@@ -128,6 +205,38 @@ class Database:
 
     def schema_version(self) -> int:
         return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def fetch_tuples(self, sql: str, parameters: Sequence[Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Column names and plain tuples (a big read, e.g. 100k points, without a row object per row)."""
+        cursor = self.conn.cursor()
+        cursor.row_factory = None
+        cursor.execute(sql, parameters)
+        return [d[0] for d in cursor.description], cursor.fetchall()
+
+    def lock_schema(self, conn: Connection) -> int:
+        """Inside the migration's BEGIN IMMEDIATE (the write lock is held already): the version now."""
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def ddl(self, statement: str) -> str:
+        """The migration steps are written in SQLite's dialect."""
+        return statement
+
+    def set_schema_version(self, conn: Connection, version: int) -> None:
+        conn.execute(f"PRAGMA user_version = {int(version)}")
+
+    @contextmanager
+    def erasing(self) -> Iterator[None]:
+        """Deletes inside zero the freed pages (``secure_delete``), so deleted rows do not linger in the file."""
+        conn = self.conn
+        conn.execute("PRAGMA secure_delete = ON")
+        try:
+            yield
+        finally:
+            conn.execute("PRAGMA secure_delete = OFF")
+
+    def scrub(self, tables: Sequence[str]) -> None:
+        """After a deletion: the WAL still holds the deleted rows until it is copied back and truncated."""
+        self.checkpoint()
 
     def checkpoint(self) -> None:
         """Copy the WAL into the main file and truncate it (a no-op while another process is mid-read)."""

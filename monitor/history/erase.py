@@ -1,9 +1,13 @@
 """Deleting a patient's or a session's data so that it does not linger anywhere in the store.
 
-Why more than DELETE: SQLite leaves deleted rows in free pages and in the
-write-ahead log, where a copy of the file would still hold them. Deletion
-therefore runs with ``secure_delete`` (freed pages are zeroed), truncates the
-WAL afterwards, and removes the sessions' kept-audio folders.
+Why more than DELETE: a database keeps deleted rows' bytes around (SQLite in
+free pages and the write-ahead log, PostgreSQL as dead rows in the table files
+until they are vacuumed), where a copy of the files would still hold them. The
+deletes run inside the backend's ``erasing()`` (SQLite: ``secure_delete``, freed
+pages are zeroed) and are followed by its ``scrub()`` (SQLite: truncate the WAL;
+PostgreSQL: ``VACUUM FULL`` the touched tables, then ``CHECKPOINT``); the
+sessions' kept-audio folders are removed. docs/store.md says what remains
+(PostgreSQL's WAL segments until recycled, backups, replicas).
 """
 
 from __future__ import annotations
@@ -12,16 +16,19 @@ from pathlib import Path
 from typing import Sequence
 
 from monitor.history.audio_files import remove_tree, session_audio_dir
-from monitor.history.database import Database
+from monitor.history.database import Backend
 from monitor.history.queries import has_patient, session_rowid
 
+SESSION_TABLES = ("points", "marks", "segment_audio", "sessions")
+PATIENT_TABLES = (*SESSION_TABLES, "baselines", "voiceprints", "patients")
 
-def delete_sessions(db: Database, session_ids: Sequence[str]) -> int:
-    """Delete sessions with their points, marks and audio files; freed pages are overwritten."""
+
+def delete_sessions(db: Backend, session_ids: Sequence[str]) -> int:
+    """Delete sessions with their points, marks and audio files; freed space is overwritten or rewritten."""
     return _delete(db, session_ids, patient_id=None)
 
 
-def delete_patient(db: Database, patient_id: str) -> int:
+def delete_patient(db: Backend, patient_id: str) -> int:
     """Delete everything about a patient (sessions, points, marks, audio, baselines, voiceprint, the id itself).
 
     Returns the number of sessions deleted; KeyError when the store knows
@@ -34,38 +41,28 @@ def delete_patient(db: Database, patient_id: str) -> int:
     return _delete(db, ids, patient_id=patient_id)
 
 
-def _delete(db: Database, session_ids: Sequence[str], patient_id: str | None) -> int:
-    conn = db.conn
-    conn.execute("PRAGMA secure_delete = ON")
+def _delete(db: Backend, session_ids: Sequence[str], patient_id: str | None) -> int:
     audio_dirs: list[Path] = []
-    try:
-        with db.transaction() as c:
-            for sid in session_ids:
-                rowid = session_rowid(db, sid, c)
-                audio_dirs.append(session_audio_dir(db.path, sid))
-                for table in ("points", "marks", "segment_audio"):
-                    c.execute(f"DELETE FROM {table} WHERE session = ?", (rowid,))
-                c.execute("DELETE FROM sessions WHERE id = ?", (rowid,))
-            if patient_id is not None:
-                c.execute("DELETE FROM baselines WHERE patient_id = ?", (patient_id,))
-                c.execute("DELETE FROM voiceprints WHERE role = 'patient' AND owner_id = ?", (patient_id,))
-                c.execute("DELETE FROM patients WHERE patient_id = ?", (patient_id,))
-    finally:
-        conn.execute("PRAGMA secure_delete = OFF")
+    with db.erasing(), db.transaction() as c:
+        for sid in session_ids:
+            rowid = session_rowid(db, sid, c)
+            audio_dirs.append(session_audio_dir(db.files_dir, sid))
+            for table in ("points", "marks", "segment_audio"):
+                c.execute(f"DELETE FROM {table} WHERE session = ?", (rowid,))
+            c.execute("DELETE FROM sessions WHERE id = ?", (rowid,))
+        if patient_id is not None:
+            c.execute("DELETE FROM baselines WHERE patient_id = ?", (patient_id,))
+            c.execute("DELETE FROM voiceprints WHERE role = 'patient' AND owner_id = ?", (patient_id,))
+            c.execute("DELETE FROM patients WHERE patient_id = ?", (patient_id,))
     for folder in audio_dirs:
         remove_tree(folder)
-    db.checkpoint()  # the WAL still holds the deleted rows until it is copied back and truncated
+    db.scrub(PATIENT_TABLES if patient_id is not None else SESSION_TABLES)
     return len(session_ids)
 
 
-def delete_clinician(db: Database, clinician_id: str) -> int:
-    """Delete a clinician's voiceprints (biometric data), freed pages overwritten; returns how many were deleted."""
-    conn = db.conn
-    conn.execute("PRAGMA secure_delete = ON")
-    try:
-        with db.transaction() as c:
-            n = c.execute("DELETE FROM voiceprints WHERE role = 'clinician' AND owner_id = ?", (clinician_id,)).rowcount
-    finally:
-        conn.execute("PRAGMA secure_delete = OFF")
-    db.checkpoint()
+def delete_clinician(db: Backend, clinician_id: str) -> int:
+    """Delete a clinician's voiceprints (biometric data), leaving no trace; returns how many were deleted."""
+    with db.erasing(), db.transaction() as c:
+        n = c.execute("DELETE FROM voiceprints WHERE role = 'clinician' AND owner_id = ?", (clinician_id,)).rowcount
+    db.scrub(("voiceprints",))
     return int(n)

@@ -13,7 +13,7 @@ import os
 import socket
 import time
 
-from monitor.history.database import Database
+from monitor.history.database import Backend
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def writer_alive(writer: str | None) -> bool | None:
     return True
 
 
-def recover_unclean(db: Database, stale_after_s: float = STALE_AFTER_S) -> list[str]:
+def recover_unclean(db: Backend, stale_after_s: float = STALE_AFTER_S) -> list[str]:
     """Close sessions whose writer died (no end time): end = their last point. Returns their ids.
 
     A session still being written by a live process (checked by pid on this
@@ -63,7 +63,7 @@ def recover_unclean(db: Database, stale_after_s: float = STALE_AFTER_S) -> list[
         if alive is None and silent_for < stale_after_s:
             continue
         with db.transaction() as c:
-            last, audio = c.execute("SELECT MAX(wall_time), MAX(t_end) FROM points WHERE session = ?",
+            last, audio = c.execute("SELECT MAX(wall_time) AS last, MAX(t_end) AS audio FROM points WHERE session = ?",
                                     (row["id"],)).fetchone()
             c.execute("UPDATE sessions SET ended_at = ?, end_state = 'recovered', audio_seconds = ? "
                       "WHERE id = ? AND ended_at IS NULL",

@@ -34,6 +34,7 @@ import numpy as np
 
 from calibration.quadrants import AFFECT_WORDS, QUADRANT_NAMES
 from monitor.history.aggregate import AggregateConfig, build_history, period_bounds, resolve_tz, series
+from monitor.history.target import add_db_argument
 from monitor.live.private import open_private, write_private_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -580,9 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     look.add_argument("--paper", choices=sorted(PAPER_IN), default="a4",
                       help="page size of the PDF, PNG and SVG pages (default: a4, portrait)")
     store = p.add_argument_group("store")
-    store.add_argument("--db", metavar="PATH", help="SQLite file (default: DATA_DIR/mood-monitor.sqlite)")
-    store.add_argument("--data-dir", metavar="DIR",
-                       help="data folder (default: $MOOD_MONITOR_DATA_DIR or ~/.local/share/mood-monitor)")
+    add_db_argument(store)
     p.add_argument("--out", action="append", required=True, metavar="FILE",
                    help="report.png, report.pdf, report.svg or report.json; repeat to write several")
     return p

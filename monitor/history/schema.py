@@ -2,16 +2,19 @@
 
 Why steps instead of ``CREATE TABLE IF NOT EXISTS``: files written by older
 versions must gain new columns and tables without losing data. The version
-lives in ``PRAGMA user_version``; step *i* moves a file from version *i* to
-*i + 1*, and re-reading the version inside the write lock makes two processes
-opening an old file at once migrate it once.
+lives in ``PRAGMA user_version`` (SQLite) or a one-row table (PostgreSQL);
+step *i* moves a store from version *i* to *i + 1*, and re-reading the
+version inside the write lock (SQLite's ``BEGIN IMMEDIATE``, PostgreSQL's
+``pg_advisory_xact_lock``) makes two processes opening an old store at once
+migrate it once. The steps are written once, in SQLite's types; the
+PostgreSQL backend translates the types (``monitor.history.postgres.pg_ddl``).
 """
 
 from __future__ import annotations
 
 import logging
 
-from monitor.history.database import Database, StoreError
+from monitor.history.database import Backend, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +112,8 @@ MIGRATIONS: list[list[str]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def migrate(db: Database) -> None:
-    """Apply the missing steps; refuse a file written by a newer program."""
+def migrate(db: Backend) -> None:
+    """Apply the missing steps; refuse a store written by a newer program."""
     version = db.schema_version()
     created = version == 0
     if version > SCHEMA_VERSION:
@@ -119,12 +122,12 @@ def migrate(db: Database) -> None:
     while version < SCHEMA_VERSION:
         with db.transaction() as c:
             # Re-read inside the write lock: another process may have migrated meanwhile.
-            version = int(c.execute("PRAGMA user_version").fetchone()[0])
+            version = db.lock_schema(c)
             if version >= SCHEMA_VERSION:
                 break
             for statement in MIGRATIONS[version]:
-                c.execute(statement)
-            c.execute(f"PRAGMA user_version = {version + 1}")
+                c.execute(db.ddl(statement))
+            db.set_schema_version(c, version + 1)
         version += 1
         if not created:
             log.info("store %s migrated to schema version %d", db.path, version)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -267,6 +266,7 @@ class StoreSink:
 
     def _retry(self, fn: Callable[[], object], attempts: int = 3) -> bool:
         """Run a write, retrying briefly (a reader holding a lock, a full disk being cleared); False on failure."""
+        errors: tuple[type[BaseException], ...] = (*self.store.errors, OSError)  # the backend's, and the disk's
         for attempt in range(attempts):
             try:
                 fn()
@@ -277,7 +277,7 @@ class StoreSink:
                 log.error("store write failed: %s (deleted while the session ran); nothing more of this session "
                           "is stored", exc)
                 return False
-            except (sqlite3.Error, OSError) as exc:
+            except errors as exc:
                 self._count("write_errors")
                 log.error("store write failed (attempt %d/%d): %s", attempt + 1, attempts, exc)
                 time.sleep(0.2 * (attempt + 1))

@@ -1,34 +1,37 @@
-"""The longitudinal store: every session's points, kept per patient, in one SQLite file.
+"""The longitudinal store: every session's points, kept per patient, in one SQLite file or a PostgreSQL database.
 
-Why SQLite: it is in the standard library, needs no server beside a therapy
-room's laptop, and in WAL mode a committed transaction survives the process
-being killed (``synchronous=FULL`` also survives a power cut). The dashboard
-and reports read while the monitor writes.
+Why SQLite by default: it is in the standard library, needs no server beside a
+therapy room's laptop, and in WAL mode a committed transaction survives the
+process being killed (``synchronous=FULL`` also survives a power cut). The
+dashboard and reports read while the monitor writes. A clinic with several
+rooms can point every tool at one PostgreSQL database instead
+(``Store.open("postgresql://...")``, ``--db postgresql://...``): same schema,
+same queries, same guarantees (``monitor.history.postgres``).
 
 Layout (``docs/store.md`` has the full schema)::
 
     patients  1──n  sessions  1──n  points
                               1──n  marks
-                              1──n  segment_audio  (only with --keep-audio: FLAC files next to the db)
+                              1──n  segment_audio  (only with --keep-audio: FLAC files in the data folder)
     patients  1──n  baselines (speaker baselines from enrolment; replaced ones are kept)
     voiceprints      (a patient's or a clinician's, per speaker encoder; biometric, never exported)
 
 ``Store`` is the one object callers hold; each of its jobs lives in its own module:
 
-* ``database``: the file, per-thread connections (WAL, ``synchronous=FULL``), transactions;
+* ``database``: the SQLite file, per-thread connections (WAL, ``synchronous=FULL``), transactions;
+  ``postgres``: the same for PostgreSQL; ``target``: ``--db`` (a file or a URL) and names without passwords;
 * ``schema``: ``MIGRATIONS`` and ``SCHEMA_VERSION``, applied by ``Store.open``;
 * ``recovery``: sessions whose monitor died are closed on open, at their last point;
 * ``queries``: reads, returning named rows (``SessionRow``, ``PatientRow``, ``PointTable``);
 * ``writes``: the write API (``write_batch`` is what the live sink commits);
-* ``audio_files``: kept audio, FLAC files next to the database;
-* ``erase``: deletion that leaves no trace (secure_delete, WAL truncation, audio folders);
+* ``audio_files``: kept audio, FLAC files next to the SQLite file (in the data folder with PostgreSQL);
+* ``erase``: deletion that leaves no trace (secure_delete and WAL truncation, or VACUUM FULL; audio folders);
 * ``sink`` (above this module): ``StoreSink``, the pipeline output with its writer thread.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Sequence
@@ -39,10 +42,12 @@ from calibration.attribution import Voiceprint
 from calibration.speaker import SpeakerBaseline
 from monitor.history import audio_files, erase, queries, writes
 from monitor.history.audio_files import AUDIO_DIR
-from monitor.history.database import DATA_DIR_ENV, DB_FILENAME, Database, StoreError, default_data_dir, default_db_path
+from monitor.history.database import (DATA_DIR_ENV, DB_FILENAME, Backend, Connection, Database, StoreError,
+                                      default_data_dir, default_db_path)
 from monitor.history.queries import PatientRow, PointTable, SessionRow
 from monitor.history.recovery import STALE_AFTER_S, recover_unclean
 from monitor.history.schema import MIGRATIONS, SCHEMA_VERSION, migrate
+from monitor.history.target import is_postgres_url, redact, store_target
 from monitor.live.events import Mark, Point, SessionInfo
 from monitor.model.audio_format import SAMPLE_RATE
 
@@ -55,29 +60,46 @@ log = logging.getLogger(__name__)
 
 
 def open_existing(db: str | Path | None, data_dir: str | Path | None = None) -> "Store":
-    """Open a store that must already exist (the reading CLIs), raising ``StoreError`` that names the path."""
-    path = Path(db) if db else default_db_path(data_dir)
-    if not path.exists():
-        raise StoreError(f"no store at {path} (give --db or --data-dir)")
-    return Store.open(path)
+    """Open a store that must already exist (the reading CLIs), raising ``StoreError`` that names it."""
+    target = store_target(db, data_dir)
+    if isinstance(target, Path) and not target.exists():
+        raise StoreError(f"no store at {target} (give --db or --data-dir)")
+    return Store.open(target, data_dir=data_dir, create=isinstance(target, Path))  # a server's database: must hold one
+
+
+def open_backend(target: str | Path, data_dir: str | Path | None = None) -> Backend:
+    """The database behind ``target``: a ``postgresql://`` (or ``postgres://``) URL, else a SQLite file."""
+    if is_postgres_url(target):
+        from monitor.history.postgres import PgDatabase
+
+        return PgDatabase.create_or_open(str(target), data_dir)
+    return Database.create_or_open(target)
 
 
 class Store:
-    """One SQLite database. Thread-safe: each thread gets its own connection (WAL lets them overlap)."""
+    """One SQLite file or PostgreSQL database. Thread-safe: each thread gets its own connection."""
 
-    def __init__(self, db: Database):
+    def __init__(self, db: Backend):
         self.db = db
         self.recovered_sessions: list[str] = []
 
     @classmethod
-    def open(cls, path: str | Path, *, recover: bool = True) -> "Store":
-        """Open (creating folder and file if needed), migrate to the current schema, close dead sessions."""
-        db = Database.create_or_open(path)
+    def open(cls, target: str | Path, *, recover: bool = True, data_dir: str | Path | None = None,
+             create: bool = True) -> "Store":
+        """Open (creating folder and file if needed), migrate to the current schema, close dead sessions.
+
+        ``target``: a SQLite file or a ``postgresql://`` URL; ``data_dir``: where
+        a PostgreSQL store keeps kept audio (default: the data folder).
+        ``create=False`` refuses a database that holds no store yet.
+        """
+        db = open_backend(target, data_dir)
         try:
+            if not create and db.schema_version() == 0:
+                raise StoreError(f"no store in {db.path} (run the monitor with this --db once, or give another)")
             migrate(db)
-        except sqlite3.DatabaseError as exc:
+        except db.errors as exc:
             db.close()
-            raise StoreError(f"cannot open the store {db.path}: {exc}") from exc
+            raise StoreError(f"cannot open the store {db.path}: {redact(str(exc), str(target)).strip()}") from None
         except StoreError:
             db.close()
             raise
@@ -86,21 +108,27 @@ class Store:
             store.recovered_sessions = recover_unclean(db)
         return store
 
-    # -- the file and its connections
     @property
-    def path(self) -> Path:
+    def errors(self) -> tuple[type[Exception], ...]:
+        """What a failed read or write raises (the backend driver's error classes)."""
+        return self.db.errors
+
+    # -- the database and its connections
+    @property
+    def path(self) -> Path | str:
+        """The SQLite file, or the PostgreSQL URL without its password (for messages)."""
         return self.db.path
 
     @property
-    def conn(self) -> sqlite3.Connection:
+    def conn(self) -> Connection:
         """This thread's connection (created on first use)."""
         return self.db.conn
 
     @property
     def audio_root(self) -> Path:
-        return audio_files.audio_root(self.db.path)
+        return audio_files.audio_root(self.db.files_dir)
 
-    def transaction(self, immediate: bool = True) -> AbstractContextManager[sqlite3.Connection]:
+    def transaction(self, immediate: bool = True) -> AbstractContextManager[Connection]:
         """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on this thread's connection."""
         return self.db.transaction(immediate)
 
@@ -109,7 +137,7 @@ class Store:
         self.db.release_thread_connection()
 
     def close(self) -> None:
-        """Close every thread's connection (checkpointing the WAL into the main file)."""
+        """Close every thread's connection (SQLite: checkpointing the WAL into the main file)."""
         self.db.close()
 
     def __enter__(self) -> "Store":
@@ -133,7 +161,7 @@ class Store:
         return recover_unclean(self.db, stale_after_s)
 
     # -- writing
-    def ensure_patient(self, patient_id: str, conn: sqlite3.Connection | None = None) -> None:
+    def ensure_patient(self, patient_id: str, conn: Connection | None = None) -> None:
         writes.ensure_patient(conn or self.conn, patient_id)
 
     def begin_session(self, session: SessionInfo, patient_id: str | None = None) -> int:

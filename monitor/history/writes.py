@@ -4,35 +4,37 @@ Why one module of plain functions over a ``Database``: the live writer
 (``monitor.history.sink``), imports, demos and tests all write through the
 same statements, each a single transaction, so what the sink commits is what a
 test can commit. Every INSERT names its columns, so a schema step that adds a
-column cannot shift values.
+column cannot shift values. The SQL is the same on SQLite and PostgreSQL
+(``ON CONFLICT`` upserts, ``?`` placeholders).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from typing import Any, Sequence
 
-from monitor.history.database import Database
+from monitor.history.database import Backend, Connection
 from monitor.history.queries import session_rowid
 from monitor.history.recovery import writer_id
 from monitor.live.events import Mark, Point, SessionInfo
 
 
-def ensure_patient(conn: sqlite3.Connection, patient_id: str) -> None:
-    conn.execute("INSERT OR IGNORE INTO patients(patient_id, created_at) VALUES (?, ?)", (patient_id, time.time()))
+def ensure_patient(conn: Connection, patient_id: str) -> None:
+    conn.execute("INSERT INTO patients(patient_id, created_at) VALUES (?, ?) ON CONFLICT (patient_id) DO NOTHING",
+                 (patient_id, time.time()))
 
 
-def begin_session(db: Database, session: SessionInfo, patient_id: str | None = None) -> int:
+def begin_session(db: Backend, session: SessionInfo, patient_id: str | None = None) -> int:
     """Insert the session (and its patient); returns its row id. Idempotent for the same session id."""
     patient = patient_id if patient_id is not None else session.patient_id
     with db.transaction() as c:
         if patient is not None:
             ensure_patient(c, patient)
         c.execute(
-            "INSERT OR IGNORE INTO sessions(session_id, patient_id, started_at, model_id, model_version, device,"
-            " source, labels, settings, writer, heartbeat_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO sessions(session_id, patient_id, started_at, model_id, model_version, device,"
+            " source, labels, settings, writer, heartbeat_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (session_id) DO NOTHING",
             (session.session_id, patient, float(session.started_at), session.model_id, session.model_version,
              str(session.device), session.source, json.dumps(list(session.labels)),
              json.dumps(session.settings, default=str), writer_id(), time.time()),
@@ -40,7 +42,7 @@ def begin_session(db: Database, session: SessionInfo, patient_id: str | None = N
         return session_rowid(db, session.session_id, c)
 
 
-def write_batch(db: Database, session_id: str, points: Sequence[Point] = (), marks: Sequence[Mark] = (),
+def write_batch(db: Backend, session_id: str, points: Sequence[Point] = (), marks: Sequence[Mark] = (),
                 *, heartbeat: bool = True) -> None:
     """Commit points and marks of one session in one transaction (durable on return).
 
@@ -50,8 +52,12 @@ def write_batch(db: Database, session_id: str, points: Sequence[Point] = (), mar
     with db.transaction() as c:
         rowid = session_rowid(db, session_id, c)
         c.executemany(
-            "INSERT OR REPLACE INTO points(session, idx, t_start, t_end, valence, arousal, confidence, probabilities,"
-            " latency_ms, wall_time, speaker, speaker_score) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO points(session, idx, t_start, t_end, valence, arousal, confidence, probabilities,"
+            " latency_ms, wall_time, speaker, speaker_score) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (session, idx) DO UPDATE SET t_start = excluded.t_start, t_end = excluded.t_end,"
+            " valence = excluded.valence, arousal = excluded.arousal, confidence = excluded.confidence,"
+            " probabilities = excluded.probabilities, latency_ms = excluded.latency_ms,"
+            " wall_time = excluded.wall_time, speaker = excluded.speaker, speaker_score = excluded.speaker_score",
             [(rowid, int(p.index), float(p.t_start), float(p.t_end), float(p.valence), float(p.arousal),
               float(p.confidence), json.dumps(p.probabilities), float(p.latency_ms), float(p.wall_time),
               p.speaker, None if p.speaker_score is None else float(p.speaker_score))
@@ -62,7 +68,7 @@ def write_batch(db: Database, session_id: str, points: Sequence[Point] = (), mar
             c.execute("UPDATE sessions SET heartbeat_at = ? WHERE id = ?", (time.time(), rowid))
 
 
-def end_session(db: Database, session_id: str, ended_at: float | None = None, state: str = "clean",
+def end_session(db: Backend, session_id: str, ended_at: float | None = None, state: str = "clean",
                 audio_seconds: float | None = None, speaker_seconds: dict[str, float] | None = None) -> None:
     """Record the end; ``audio_seconds``: the session time reached (a --fast replay ends long before its audio
     would have); ``speaker_seconds``: speech time per attributed voice (None: not attributed).
@@ -77,7 +83,7 @@ def end_session(db: Database, session_id: str, ended_at: float | None = None, st
                    json.dumps(speaker_seconds) if speaker_seconds else None, session_id))
 
 
-def retime_session(db: Database, session_id: str, started_at: float, *, as_live: bool = False,
+def retime_session(db: Backend, session_id: str, started_at: float, *, as_live: bool = False,
                    duration: float | None = None) -> None:
     """Move a session to another start time, shifting every stored wall-clock time with it.
 
@@ -110,7 +116,7 @@ def retime_session(db: Database, session_id: str, started_at: float, *, as_live:
 MARK_MATCH_S = 6e-4
 
 
-def edit_mark(db: Database, session_id: str, t: float, wall_time: float, text: str | None) -> int:
+def edit_mark(db: Backend, session_id: str, t: float, wall_time: float, text: str | None) -> int:
     """Change a mark's text, or delete it (``text=None``); the mark is the one at session time ``t`` made at
     ``wall_time`` (marks have no id on the wire). Returns how many rows changed (0: no such mark)."""
     with db.transaction() as c:
@@ -124,7 +130,7 @@ def edit_mark(db: Database, session_id: str, t: float, wall_time: float, text: s
         return int(cursor.rowcount)
 
 
-def assign_session(db: Database, session_id: str, patient_id: str) -> None:
+def assign_session(db: Backend, session_id: str, patient_id: str) -> None:
     """Give a session recorded without --patient (or with a wrong one) to ``patient_id``."""
     with db.transaction() as c:
         session_rowid(db, session_id, c)
@@ -132,7 +138,7 @@ def assign_session(db: Database, session_id: str, patient_id: str) -> None:
         c.execute("UPDATE sessions SET patient_id = ? WHERE session_id = ?", (patient_id, session_id))
 
 
-def set_baseline(db: Database, patient_id: str, baseline_json: dict[str, Any], model_id: str) -> None:
+def set_baseline(db: Backend, patient_id: str, baseline_json: dict[str, Any], model_id: str) -> None:
     """Make ``baseline_json`` the patient's current baseline for ``model_id``; the old one is kept as replaced."""
     text = json.dumps(baseline_json)
     now = time.time()
@@ -144,7 +150,7 @@ def set_baseline(db: Database, patient_id: str, baseline_json: dict[str, Any], m
                   (patient_id, model_id, now, text))
 
 
-def set_voiceprint(db: Database, role: str, owner_id: str, voiceprint_json: dict[str, Any]) -> None:
+def set_voiceprint(db: Backend, role: str, owner_id: str, voiceprint_json: dict[str, Any]) -> None:
     """Store a patient's or a clinician's voiceprint, replacing the one they had for the same encoder.
 
     The old one is overwritten, not kept: a voiceprint is biometric data, kept only while it is in use.
@@ -155,6 +161,7 @@ def set_voiceprint(db: Database, role: str, owner_id: str, voiceprint_json: dict
     with db.transaction() as c:
         if role == "patient":
             ensure_patient(c, owner_id)
-        c.execute("INSERT OR REPLACE INTO voiceprints(role, owner_id, encoder, created_at, voiceprint) "
-                  "VALUES (?,?,?,?,?)", (role, owner_id, str(voiceprint_json["encoder"]), time.time(),
+        c.execute("INSERT INTO voiceprints(role, owner_id, encoder, created_at, voiceprint) VALUES (?,?,?,?,?) "
+                  "ON CONFLICT (role, owner_id, encoder) DO UPDATE SET created_at = excluded.created_at, "
+                  "voiceprint = excluded.voiceprint", (role, owner_id, str(voiceprint_json["encoder"]), time.time(),
                                          json.dumps(voiceprint_json)))

@@ -10,7 +10,6 @@ into the response (or lets the handshake proceed).
 
 from __future__ import annotations
 
-import hmac
 import html
 import re
 from collections.abc import Mapping
@@ -19,8 +18,10 @@ from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
+from monitor.serve.access import ClinicAccess, Clinician
 from monitor.serve.config import ServerConfig, is_loopback
 from monitor.serve.protocol import dumps
+from monitor.serve.rooms import ROOM_PATH, SESSIONS_PATH
 
 STATIC_DIR = Path(__file__).with_name("static")
 WS_PATH = "/ws"
@@ -32,6 +33,7 @@ STATIC_ROUTES = {
     "/index.html": ("index.html", "text/html; charset=utf-8"),
     "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
     "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
+    "/capture-worklet.js": ("capture-worklet.js", "text/javascript; charset=utf-8"),  # a room's microphone
 }
 _HOST_HEADER = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 _PAGE_LINK = "open the dashboard with the link the monitor printed (it carries ?token=...)"
@@ -78,6 +80,13 @@ class QueryPatients:
 
 
 @dataclass(frozen=True)
+class QuerySessions:
+    """The clinic's running sessions that this clinician may see."""
+
+    clinician: Clinician
+
+
+@dataclass(frozen=True)
 class AcceptWebsocket:
     """Let the websocket handshake go ahead."""
 
@@ -100,7 +109,7 @@ class Refuse:
         return (text + "\n").encode(), "text/plain; charset=utf-8"
 
 
-Decision = ServePage | QueryHistory | QueryPatients | AcceptWebsocket | Refuse
+Decision = ServePage | QueryHistory | QueryPatients | QuerySessions | AcceptWebsocket | Refuse
 
 
 def load_pages(folder: Path = STATIC_DIR) -> dict[str, bytes]:
@@ -116,13 +125,20 @@ def csp(host: str) -> str:
 
 
 class Router:
-    """Decides every request; ``history``: whether a store backs the history API."""
+    """Decides every request; ``history``: whether a store backs the history API.
 
-    def __init__(self, config: ServerConfig, token: str, pages: Mapping[str, bytes], history: bool) -> None:
+    ``access`` (the clinic's server): tokens of clinicians, each seeing their own patients; rooms may then
+    stream audio on ``/room`` and the running sessions are listed on ``/api/sessions``. Without it the one
+    ``token`` opens everything, as the one-room monitor's dashboard does.
+    """
+
+    def __init__(self, config: ServerConfig, token: str, pages: Mapping[str, bytes], history: bool,
+                 access: ClinicAccess | None = None) -> None:
         self.config = config
-        self.token = token
         self.pages = pages
         self.history = history
+        self.rooms = access is not None
+        self.access = access if access is not None else ClinicAccess.single_token(token)[0]
 
     def route(self, request: HttpRequest, *, accepting: bool = True, clients: int = 0) -> Decision:
         """The decision for one request; ``accepting``/``clients``: whether and how full the server takes websockets."""
@@ -134,10 +150,15 @@ class Router:
         if not self.host_ok(host):
             return Refuse(HTTPStatus.MISDIRECTED_REQUEST, "unexpected Host header", audit=True)
         upgrade = "websocket" in (request.header("Upgrade") or "").lower()
-        if url.path == WS_PATH:
+        if url.path == WS_PATH or (self.rooms and url.path == ROOM_PATH):
             return self._websocket(request, query, host, upgrade, accepting, clients)
         if upgrade:
             return Refuse(HTTPStatus.NOT_FOUND, f"websocket endpoint is {WS_PATH}")
+        if self.rooms and url.path == SESSIONS_PATH:
+            clinician = self.principal(request, query)
+            if clinician is None:
+                return Refuse(HTTPStatus.FORBIDDEN, "wrong or missing token", json=True, audit=True)
+            return QuerySessions(clinician)
         if url.path in STATIC_ROUTES:
             return self._page(url.path, request, query, host)
         if url.path == HISTORY_PATH:
@@ -168,8 +189,9 @@ class Router:
         body = self.pages[name]
         if name != "index.html":
             return ServePage(body, content_type)
-        # The page links its assets and websocket with the token; escaped for the HTML attribute it lands in.
-        token = html.escape(quote(self.token, safe=""), quote=True).encode()
+        # The page links its assets and websocket with the token it was opened with (each clinician's own);
+        # escaped for the HTML attribute it lands in.
+        token = html.escape(quote(self.presented_token(request, query) or "", safe=""), quote=True).encode()
         return ServePage(body.replace(b"__TOKEN__", token), content_type, (("Content-Security-Policy", csp(host)),))
 
     def _history(self, request: HttpRequest, query: Query) -> Decision:
@@ -197,13 +219,23 @@ class Router:
         return QueryPatients()
 
     # ---- the checks --------------------------------------------------------------------------
-    def token_ok(self, request: HttpRequest, query: Query) -> bool:
-        """``?token=`` first, else ``Authorization: Bearer``; compared in constant time."""
+    @staticmethod
+    def presented_token(request: HttpRequest, query: Query | None = None) -> str | None:
+        """``?token=`` first, else ``Authorization: Bearer``."""
+        if query is None:
+            query = parse_qs(urlsplit(request.target).query, keep_blank_values=True)
         given = query.get("token", [None])[0]
         auth = request.header("Authorization") or ""
         if given is None and auth.lower().startswith("bearer "):
             given = auth[7:].strip()
-        return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+        return given
+
+    def principal(self, request: HttpRequest, query: Query | None = None) -> Clinician | None:
+        """Whose token the request carries (compared in constant time), or None."""
+        return self.access.who(self.presented_token(request, query))
+
+    def token_ok(self, request: HttpRequest, query: Query) -> bool:
+        return self.principal(request, query) is not None
 
     def host_ok(self, host: str) -> bool:
         """Refuse odd Host headers, and on a loopback bind any name but the loopback ones (DNS rebinding)."""

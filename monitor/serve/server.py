@@ -32,24 +32,20 @@ import socket
 import ssl
 import sys
 import threading
-import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from monitor.serve import protocol
 from monitor.serve.blocking import BlockingCalls
-from monitor.serve.bridge import ThreadBridge
 from monitor.serve.config import ServerConfig, is_loopback
 from monitor.serve.controls import SessionControls
-from monitor.serve.hub import Client, ClientHub
+from monitor.serve.channel import SessionChannel
 from monitor.serve.lifecycle import Lifecycle, Phase
-from monitor.serve.protocol import ProtocolError, dumps, message
+from monitor.serve.protocol import dumps
 from monitor.serve.router import (AcceptWebsocket, HttpRequest, QueryHistory, QueryPatients, Refuse, Router, ServePage,
                                   load_pages)
 
@@ -58,14 +54,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from monitor.live.events import Mark, Point, SessionInfo, Status
     from monitor.live.heatmap import RollingHeatmap
 
-__all__ = ["DashboardServer", "ServerConfig", "SessionControls", "is_loopback"]
+__all__ = ["DashboardServer", "ServerConfig", "SessionControls", "http_response", "is_loopback", "json_response",
+           "ssl_context"]
 
 log = logging.getLogger(__name__)
 #: The library's own per-connection chatter ("connection open", "HTTP response sent") is noise at INFO.
-_ws_log = logging.getLogger(__name__ + ".websockets")
-
-#: How far past the session's elapsed time a client's mark may lie (the page's clock and ours differ a little).
-MARK_AHEAD_S = 1.0
+WEBSOCKETS_LOG = logging.getLogger(__name__ + ".websockets")
 
 _SECRETS = re.compile(r"(token=)[^&\s\"']+|((?:authorization|cookie):\s*)\S.*|(bearer\s+)\S+", re.IGNORECASE)
 
@@ -89,7 +83,7 @@ class _RedactSecrets(logging.Filter):
         return True
 
 
-_ws_log.addFilter(_RedactSecrets())
+WEBSOCKETS_LOG.addFilter(_RedactSecrets())
 
 
 class DashboardServer:
@@ -113,13 +107,12 @@ class DashboardServer:
         self.heatmap: RollingHeatmap | None = None
         self.stats = {"connections": 0, "refused": 0, "slow_disconnects": 0, "errors_sent": 0, "points": 0}
         self._life = Lifecycle()
-        self._hub = ClientHub(self.config, controls, history=store is not None, stats=self.stats,
-                              inbox_dropped=lambda: self._bridge.dropped)
-        self._bridge = ThreadBridge(self.config.inbox_size, self._hub.deliver)
         self._router = Router(self.config, self.token, load_pages(), history=store is not None)
         # Store reads and marks run on the server's own threads: they keep working during a linger, when
         # the interpreter is already shutting down and asyncio.to_thread refuses new work.
         self._calls = BlockingCalls(on_thread_exit=store.release_thread_connection if store is not None else None)
+        self._channel = SessionChannel(self.config, controls, self._calls, history=store is not None, stats=self.stats)
+        self._hub, self._bridge = self._channel.hub, self._channel.bridge
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None  # loop thread: set to shut down
 
@@ -144,8 +137,8 @@ class DashboardServer:
             raise RuntimeError(f"dashboard server cannot start: it is {self._life.phase.value}")
         self.session, self.heatmap = session, heatmap
         self._hub.bind(session, heatmap)
-        if _ws_log.level == logging.NOTSET:
-            _ws_log.setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
+        if WEBSOCKETS_LOG.level == logging.NOTSET:
+            WEBSOCKETS_LOG.setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
         self._calls.start()
         self._thread = threading.Thread(target=self._run_loop, args=(ssl_context,), name="dashboard", daemon=True)
         self._thread.start()
@@ -254,7 +247,7 @@ class DashboardServer:
             compression=None,  # small messages, many clients: CPU matters more than bytes on a LAN
             max_size=cfg.max_message_bytes, max_queue=16, ping_interval=cfg.ping_interval_s,
             ping_timeout=cfg.ping_timeout_s, close_timeout=2.0, open_timeout=10.0, server_header=None,
-            logger=_ws_log,
+            logger=WEBSOCKETS_LOG,
         )
         self.port = int(server.sockets[0].getsockname()[1])
         host = cfg.host if ":" not in cfg.host else f"[{cfg.host}]"
@@ -272,8 +265,7 @@ class DashboardServer:
         """Every event handed over so far goes out, then ``end``; exactly once (LIVE or ENDING -> ENDED)."""
         if not self._life.advance(Phase.ENDED):
             return
-        self._bridge.drain()
-        self._hub.end()
+        self._channel.end()
         if self.config.linger_s > 0:
             asyncio.get_running_loop().call_later(self.config.linger_s, self._begin_shutdown)
 
@@ -296,86 +288,7 @@ class DashboardServer:
 
     # ---- websocket connections ---------------------------------------------------------------
     async def _handler(self, ws: ServerConnection) -> None:
-        client = self._hub.join(ws, ended=self._life.ended)
-        try:
-            async for raw in ws:
-                if client.kicked:
-                    break
-                await self._on_client_message(client, raw)
-        except ConnectionClosed:
-            pass
-        finally:
-            self._hub.leave(client)
-
-    async def _on_client_message(self, client: Client, raw: str | bytes) -> None:
-        ref = None
-        try:
-            if not client.bucket.take():
-                raise ProtocolError("rate_limited", "too many messages; slow down")
-            msg = protocol.parse_client_message(raw)
-            ref = msg["id"]
-            await self._act(client, msg)
-        except ProtocolError as exc:
-            self._hub.send(client, protocol.error(exc.code, str(exc), exc.ref if exc.ref is not None else ref))
-        except Exception as exc:  # noqa: BLE001 - a bug here must not take the connection down
-            log.exception("dashboard: handling a client message failed")
-            self._hub.send(client, protocol.error("internal", f"could not handle the message: {type(exc).__name__}",
-                                                  ref))
-
-    async def _act(self, client: Client, msg: dict[str, Any]) -> None:
-        kind, ref = msg["type"], msg["id"]
-        if kind == "ping":
-            self._hub.send(client, message("pong", id=ref, t=msg["t"], server_time=time.time(),
-                                           session_time=self._hub.session_time()))
-            return
-        if self._life.ended:
-            raise ProtocolError("session_ended", "the session has ended", ref)
-        controls = self.controls
-        if controls is None:
-            raise ProtocolError("unavailable", "this server has no pipeline to control", ref)
-        if kind in ("pause", "resume"):
-            controls.pause() if kind == "pause" else controls.resume()
-            paused = bool(controls.paused)
-            log.info("dashboard client %d: %s", client.id, kind)
-            self._hub.send(client, message("ack", id=ref, of=kind, paused=paused))
-            self._hub.set_paused(paused)
-        elif kind == "mark":
-            t = msg["t"]
-            now = self._hub.session_time()
-            if t is not None and now is not None and t > now + MARK_AHEAD_S:
-                raise ProtocolError("bad_field", f"'t' ({t:.1f} s) lies beyond the session's elapsed time "
-                                                 f"({now:.1f} s)", ref)
-            # The pipeline fans the mark out to every sink (store, JSONL, and back here for the broadcast);
-            # a thread keeps a slow sink off this loop.
-            try:
-                mark = await self._calls.run(controls.add_mark, msg["text"], t=t, source="dashboard")
-            except RuntimeError as exc:  # the pipeline is closing its outputs: the mark could not be kept
-                raise ProtocolError("session_ended", str(exc), ref) from exc
-            except ValueError as exc:  # the pipeline's own bound on the time
-                raise ProtocolError("bad_field", str(exc), ref) from exc
-            log.info("dashboard client %d: mark at %.1f s", client.id, mark.t)
-            self._bridge.drain()  # the pipeline has fanned the mark out to us: broadcast it before the ack
-            self._hub.send(client, message("ack", id=ref, of="mark", mark=protocol.mark_body(mark)))
-        elif kind in ("mark_edit", "mark_delete"):
-            await self._edit_mark(client, controls, msg)
-        elif kind == "end_session":
-            log.info("dashboard client %d: end the session", client.id)
-            controls.stop()
-            self._hub.send(client, message("ack", id=ref, of=kind))
-
-    async def _edit_mark(self, client: Client, controls: SessionControls, msg: dict[str, Any]) -> None:
-        """Change or delete a mark through the pipeline (store and every viewer), then acknowledge."""
-        kind, ref = msg["type"], msg["id"]
-        text = msg["text"] if kind == "mark_edit" else None
-        try:
-            old = await self._calls.run(controls.edit_mark, msg["t"], msg["wall_time"], text)
-        except KeyError as exc:
-            raise ProtocolError("no_such_mark", "no mark with that 't' and 'wall_time' in this session", ref) from exc
-        except RuntimeError as exc:
-            raise ProtocolError("session_ended", str(exc), ref) from exc
-        log.info("dashboard client %d: %s at %.1f s", client.id, "mark edited" if text else "mark deleted", old.t)
-        self._bridge.drain()  # broadcast the change before the ack
-        self._hub.send(client, message("ack", id=ref, of=kind, mark=protocol.mark_body(old)))
+        await self._channel.serve_client(ws, ended=self._life.ended)
 
     # ---- HTTP: the router decides, this answers ---------------------------------------------
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -388,11 +301,12 @@ class DashboardServer:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(self.config.socket_send_buffer))
             return None
         if isinstance(decision, ServePage):
-            return _response(HTTPStatus.OK, decision.body, decision.content_type, decision.headers)
+            return http_response(HTTPStatus.OK, decision.body, decision.content_type, decision.headers)
         if isinstance(decision, QueryHistory):
             return await self._history(decision)
         if isinstance(decision, QueryPatients):
             return await self._patients()
+        assert isinstance(decision, Refuse)  # QuerySessions is the clinic's: this router has no rooms
         return self._refuse(connection, decision)
 
     def _refuse(self, connection: ServerConnection, refusal: Refuse) -> Response:
@@ -401,48 +315,52 @@ class DashboardServer:
             peer = getattr(connection, "remote_address", None)
             log.warning("dashboard refused a request from %s: %s", peer[0] if peer else "?", refusal.reason)
         body, content_type = refusal.render()
-        return _response(refusal.status, body, content_type, refusal.headers)
+        return http_response(refusal.status, body, content_type, refusal.headers)
 
     async def _history(self, query: QueryHistory) -> Response:
         from monitor.history.aggregate import history_json
 
         store = self.store
         if store is None:  # the router does not route here without a store
-            return _json(HTTPStatus.NOT_FOUND, {"error": "history is not available"})
+            return json_response(HTTPStatus.NOT_FOUND, {"error": "history is not available"})
         try:
             data = await self._calls.run(history_json, store, query.patient, query.days)
         except LookupError:
-            return _json(HTTPStatus.NOT_FOUND, {"error": f"no history for patient {query.patient!r}"})
+            return json_response(HTTPStatus.NOT_FOUND, {"error": f"no history for patient {query.patient!r}"})
         except Exception:  # noqa: BLE001
             log.exception("dashboard: building the history of a patient failed")
-            return _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "could not build the history"})
-        return _json(HTTPStatus.OK, data)
+            return json_response(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "could not build the history"})
+        return json_response(HTTPStatus.OK, data)
 
     async def _patients(self) -> Response:
         """``{"patients": [{"patient_id", "sessions", "last_session"}]}``, sorted by id (the History picker)."""
         store = self.store
         if store is None:  # the router does not route here without a store
-            return _json(HTTPStatus.NOT_FOUND, {"error": "history is not available"})
+            return json_response(HTTPStatus.NOT_FOUND, {"error": "history is not available"})
         try:
             rows = await self._calls.run(store.patients)
         except Exception:  # noqa: BLE001
             log.exception("dashboard: listing the patients failed")
-            return _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "could not list the patients"})
-        return _json(HTTPStatus.OK, {"patients": [
+            return json_response(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "could not list the patients"})
+        return json_response(HTTPStatus.OK, {"patients": [
             {"patient_id": r.patient_id, "sessions": r.sessions, "last_session": r.last_session}
             for r in rows if r.patient_id is not None]})
 
     def _ssl_context(self) -> ssl.SSLContext | None:
-        certfile, keyfile = self.config.certfile, self.config.keyfile
-        if not certfile or not keyfile:
-            return None
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(certfile, keyfile)
-        return context
+        return ssl_context(self.config)
 
 
-def _response(status: HTTPStatus, body: bytes, content_type: str,
+def ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
+    """TLS 1.2+ from the configured certificate and key; None without them (loopback only)."""
+    if not config.certfile or not config.keyfile:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.certfile, config.keyfile)
+    return context
+
+
+def http_response(status: HTTPStatus, body: bytes, content_type: str,
               extra: tuple[tuple[str, str], ...] = ()) -> Response:
     headers = Headers([
         ("Date", email.utils.formatdate(usegmt=True)),
@@ -458,5 +376,5 @@ def _response(status: HTTPStatus, body: bytes, content_type: str,
     return Response(status.value, status.phrase, headers, body)
 
 
-def _json(status: HTTPStatus, data: dict[str, Any]) -> Response:
-    return _response(status, dumps(data).encode(), "application/json")
+def json_response(status: HTTPStatus, data: dict[str, Any]) -> Response:
+    return http_response(status, dumps(data).encode(), "application/json")

@@ -49,8 +49,15 @@
     const rest = params.toString();
     history.replaceState(history.state, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
   }
+  // The clinic's server: ?session=ID watches one of its sessions; ?capture=1&patient=ID streams this room.
+  const SESSION = params.get("session") || "";
+  const CAPTURE = params.get("capture") === "1";
+  const PATIENT = params.get("patient") || "";
+  const ROOM_NAME = params.get("room") || "";
+  const ROOM_CHUNKS_MAX = 1200; // unacknowledged 100 ms chunks kept for a resume (two minutes)
   const S = {
     token: TOKEN,
+    room: { session: null, ready: false, nextSeq: 0, unacked: [], dropped: 0, capture: null, ending: false },
     ws: null,
     conn: "connecting",
     hello: null,
@@ -132,7 +139,9 @@
       return;
     }
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const ws = new WebSocket(`${scheme}//${location.host}/ws?token=${encodeURIComponent(S.token)}`);
+    const path = CAPTURE ? "/room" : "/ws";
+    const which = SESSION && !CAPTURE ? `&session=${encodeURIComponent(SESSION)}` : "";
+    const ws = new WebSocket(`${scheme}//${location.host}${path}?token=${encodeURIComponent(S.token)}${which}`);
     S.ws = ws;
     setConn(S.retry ? "reconnecting" : "connecting", S.retry ? "reconnecting…" : "connecting…");
     ws.onopen = () => {
@@ -143,6 +152,10 @@
       setConn("live", "live");
       clearInterval(S.pingTimer);
       S.pingTimer = setInterval(() => ping(ws), PING_MS);
+      if (CAPTURE) {
+        ws.send(JSON.stringify({ type: "room_hello", version: 1, patient: PATIENT, room: ROOM_NAME,
+          session: S.room.session, format: "pcm16", sample_rate: 16000 }));
+      }
     };
     ws.onmessage = (ev) => {
       if (S.ws !== ws) return;
@@ -161,6 +174,7 @@
     ws.onclose = (ev) => {
       if (S.ws !== ws) return;
       S.ws = null;
+      S.room.ready = false; // captured audio waits in S.room.unacked for the resume
       clearInterval(S.pingTimer);
       if (ev.code === 1001 || (S.ended && ev.code !== 1008)) {
         S.ended = true;
@@ -228,6 +242,9 @@
         stats.errors.push(msg.code);
         notice(`The monitor refused that: ${msg.message}`, "error");
         break;
+      case "room_ready": onRoomReady(msg); break;
+      case "audio_ack": dropAcked(msg.next_seq); break;
+      case "room_ended": stopCapture(); break;
       case "end":
         S.ended = true;
         if (msg.summary) S.summary = summaryFromServer(msg.summary);
@@ -817,7 +834,86 @@
   function endSession() {
     if (!window.confirm("End this session now? What was said so far is still analysed and stored; " +
       "the monitor then stops listening.")) return;
+    if (CAPTURE) { // this page is the room: stop the microphone, send what is left, then end
+      stopCapture();
+      S.room.ending = true;
+      flushRoom();
+      el.endBtn.disabled = true;
+      return;
+    }
     if (send({ type: "end_session", id: "x" + Date.now() })) el.endBtn.disabled = true;
+  }
+
+  // ---- this room's microphone (capture mode, on the clinic's server) -------------------------
+  function onRoomReady(msg) {
+    S.room.session = msg.session;
+    S.room.ready = true;
+    dropAcked(msg.next_seq);
+    S.room.unacked.forEach((c) => { c.sent = false; }); // re-send from next_seq: nothing lost, nothing twice
+    if (el.captureBtn) el.captureBtn.hidden = !!S.room.capture;
+    flushRoom();
+  }
+
+  function dropAcked(nextSeq) {
+    const q = S.room.unacked;
+    let n = 0;
+    while (n < q.length && q[n].seq < nextSeq) n += 1;
+    if (n) q.splice(0, n);
+    flushRoom();
+  }
+
+  function flushRoom() {
+    const ws = S.ws;
+    if (!S.room.ready || !ws || ws.readyState !== WebSocket.OPEN) return;
+    for (const c of S.room.unacked) {
+      if (!c.sent) { ws.send(c.data); c.sent = true; }
+    }
+    if (S.room.ending && !S.room.capture && S.room.unacked.length === 0) {
+      ws.send(JSON.stringify({ type: "room_end" }));
+      S.room.ending = false;
+    }
+  }
+
+  function onPcm(pcm) {
+    const data = new ArrayBuffer(4 + pcm.byteLength);
+    new DataView(data).setUint32(0, S.room.nextSeq, true);
+    new Int16Array(data, 4).set(pcm);
+    S.room.unacked.push({ seq: S.room.nextSeq, data, sent: false });
+    S.room.nextSeq += 1;
+    if (S.room.unacked.length > ROOM_CHUNKS_MAX) { // the server has been away too long: the oldest audio goes
+      S.room.unacked.shift();
+      S.room.dropped += 1;
+    }
+    flushRoom();
+  }
+
+  async function startCapture() {
+    if (S.room.capture) return;
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1,
+        echoCancellation: false, noiseSuppression: false, autoGainControl: false } });
+      const ctx = new AudioContext({ sampleRate: 16000 });
+      await ctx.audioWorklet.addModule(`/capture-worklet.js?token=${encodeURIComponent(S.token)}`);
+      const node = new AudioWorkletNode(ctx, "pcm-capture");
+      node.port.onmessage = (ev) => onPcm(ev.data);
+      const mute = ctx.createGain();
+      mute.gain.value = 0; // pulled by the graph, never heard
+      ctx.createMediaStreamSource(stream).connect(node).connect(mute).connect(ctx.destination);
+      await ctx.resume();
+      S.room.capture = { stream, ctx };
+      if (el.captureBtn) el.captureBtn.hidden = true;
+      notice("Streaming this room's microphone to the server.", "info");
+    } catch (err) {
+      notice(`The microphone could not be opened: ${err && err.message ? err.message : err}`, "error");
+    }
+  }
+
+  function stopCapture() {
+    const cap = S.room.capture;
+    if (!cap) return;
+    S.room.capture = null;
+    cap.stream.getTracks().forEach((t) => t.stop());
+    cap.ctx.close();
   }
 
   function renderStatusLine() {
@@ -1093,7 +1189,7 @@
     Object.assign(el, {
       conn: $("conn"), sessionInfo: $("session-info"), heat: $("heat-layer"), overlay: $("overlay-layer"),
       legendMax: $("legend-max"), latest: $("latest"), speech: $("speech"), pauseBtn: $("pause-btn"),
-      endBtn: $("end-btn"), printBtn: $("print-btn"), calibration: $("calibration"), confMin: $("conf-min"),
+      endBtn: $("end-btn"), captureBtn: $("capture-btn"), printBtn: $("print-btn"), calibration: $("calibration"), confMin: $("conf-min"),
       markForm: $("mark-form"), markText: $("mark-text"), markBtn: $("mark-btn"), notice: $("notice"),
       sumSpeech: $("sum-speech"), sumPoints: $("sum-points"), sumValence: $("sum-valence"), sumArousal: $("sum-arousal"),
       quadrants: $("quadrants"), marks: $("marks"), statusLine: $("status-line"), tlValence: $("tl-valence"),
@@ -1110,6 +1206,10 @@
     drawLegend($("history-legend"));
     el.markForm.addEventListener("submit", submitMark);
     el.endBtn.addEventListener("click", endSession);
+    if (CAPTURE && el.captureBtn) {
+      el.captureBtn.hidden = false;
+      el.captureBtn.addEventListener("click", startCapture);
+    }
     el.printBtn.addEventListener("click", () => window.print()); // the print stylesheet keeps the session view
     el.historyPatient.addEventListener("change", () => { if (el.historyPatient.value) loadHistory(); });
     el.confMin.textContent = Math.round(MIN_TRAJECTORY_CONFIDENCE * 100) + "%";

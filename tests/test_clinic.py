@@ -25,7 +25,7 @@ import pytest
 
 from monitor.audio.pushed import PushedAudioSource
 from monitor.serve import rooms
-from monitor.serve.access import AccessConfigError, ClinicAccess, hash_token
+from monitor.serve.access import AccessConfigError, ClinicAccess, Clinician, hash_token
 from monitor.serve.protocol import ProtocolError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -298,3 +298,97 @@ def test_three_rooms_stream_to_one_server_and_a_cut_connection_loses_no_audio(ro
     assert np.allclose(a.valence, b.valence, atol=1e-3) and np.allclose(a.arousal, b.arousal, atol=1e-3)
     assert np.allclose(a.t_start, b.t_start)
     assert rows["P-WEB"].points >= 3
+
+
+# ---- the room protocol against a running server, in process ---------------------------------------
+@pytest.fixture
+def clinic(tiny_bundle, tmp_path):
+    """A clinic server on a free port with the tiny model, two clinicians and a SQLite store."""
+    from monitor.history.store import Store
+    from monitor.serve.clinic import ClinicConfig, ClinicServer
+    from monitor.serve.config import ServerConfig
+    from monitor.serve_command import RoomSessionFactory, build_parser, load_clinic_model
+
+    db = tmp_path / "c.sqlite"
+    args = build_parser().parse_args(["--port", "0", "--db", str(db), "--model", str(tiny_bundle)])
+    access = ClinicAccess([Clinician("dr-a", hash_token("tok-a"), frozenset({"P1"})),
+                           Clinician("dr-b", hash_token("tok-b"), frozenset({"P2"}))])
+    shared = load_clinic_model(args)
+    store = Store.open(db)
+    server = ClinicServer(RoomSessionFactory(shared, store, args), ServerConfig(port=0),
+                          ClinicConfig(resume_grace_s=30), access=access, store=store)
+    server.start()
+    try:
+        yield server, store
+    finally:
+        server.stop()
+        shared.close()
+        store.close()
+
+
+def _doc_examples() -> dict[str, dict]:
+    text = (REPO / "docs" / "protocol.md").read_text(encoding="utf-8")
+    return {m["type"]: m for m in (json.loads(b) for b in re.findall(r"```json\n(.*?)```", text, re.S))}
+
+
+def test_the_room_protocol_as_documented(clinic, ravdess_clips):
+    import soundfile as sf
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    server, store = clinic
+    url = server.url.replace("http://", "ws://")
+    docs = _doc_examples()
+    audio, sr = sf.read(ravdess_clips[4], dtype="int16")
+    assert sr == 16000
+
+    def next_of(ws, kind: str) -> dict:
+        while True:
+            msg = json.loads(ws.recv(timeout=30))
+            if msg["type"] == kind:
+                return msg
+            assert msg["type"] in ("hello", "snapshot", "status", "heatmap", "point", "end"), msg
+
+    with connect(f"{url}/room?token=tok-b") as ws:  # dr-b may not stream for P1
+        ws.send(json.dumps({"type": "room_hello", "patient": "P1"}))
+        assert json.loads(ws.recv(timeout=10))["code"] == "forbidden"
+    with pytest.raises(InvalidStatus):
+        connect(f"{url}/room?token=nope").close()
+
+    with connect(f"{url}/room?token=tok-a") as ws:
+        ws.send(json.dumps(docs["room_hello"] | {"patient": "P1"}))
+        ready = next_of(ws, "room_ready")
+        assert set(ready) == set(docs["room_ready"]) and ready["next_seq"] == 0 and not ready["resumed"]
+        session = ready["session"]
+        chunks = [audio[i:i + 1600] for i in range(0, len(audio), 1600)]
+        half = len(chunks) // 2
+        for seq in range(half):
+            ws.send(rooms.encode_chunk(seq, chunks[seq]))
+            ack = next_of(ws, "audio_ack")
+            assert set(ack) == set(docs["audio_ack"]) and ack["seq"] == seq and ack["next_seq"] == seq + 1
+        ws.send(rooms.encode_chunk(half + 3, chunks[half]))
+        assert next_of(ws, "error")["code"] == "audio_gap"
+        ws.send(b"\x01\x02\x03")
+        assert next_of(ws, "error")["code"] == "bad_audio"
+        # the other clinician sees neither the session nor its dashboard
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"{url}/ws?token=tok-b&session={session}").close()
+        assert refused.value.response.status_code == 404
+    # the connection dropped half way; the room resumes and re-sends from next_seq
+    with connect(f"{url}/room?token=tok-a") as ws:
+        ws.send(json.dumps({"type": "room_hello", "patient": "P1", "session": session}))
+        ready = next_of(ws, "room_ready")
+        assert ready["resumed"] and ready["next_seq"] == half and ready["session"] == session
+        ws.send(rooms.encode_chunk(half - 1, chunks[half - 1]))  # a duplicate: acknowledged, not taken twice
+        assert next_of(ws, "audio_ack")["next_seq"] == half
+        for seq in range(half, len(chunks)):
+            ws.send(rooms.encode_chunk(seq, chunks[seq]))
+            next_of(ws, "audio_ack")
+        ws.send(json.dumps(docs["room_end"]))
+        ended = next_of(ws, "room_ended")
+    assert set(ended) == set(docs["room_ended"]) and ended["error"] is None
+    summary = ended["summary"]
+    assert summary["audio_seconds"] == pytest.approx(len(audio) / sr, abs=0.031) and summary["points"] >= 1
+    assert server.stats["duplicate_chunks"] == 1 and server.stats["resumes"] == 1
+    row = store.session(session)
+    assert row is not None and row.patient_id == "P1" and row.points == summary["points"]

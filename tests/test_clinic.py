@@ -302,14 +302,15 @@ def test_three_rooms_stream_to_one_server_and_a_cut_connection_loses_no_audio(ro
 
 # ---- the room protocol against a running server, in process ---------------------------------------
 @pytest.fixture
-def clinic(tiny_bundle, tmp_path):
-    """A clinic server on a free port with the tiny model, two clinicians and a SQLite store."""
+def clinic(tiny_bundle, target):
+    """A clinic server on a free port with the tiny model, two clinicians, and its store on SQLite or on a real
+    PostgreSQL server (the clinic's usual store)."""
     from monitor.history.store import Store
     from monitor.serve.clinic import ClinicConfig, ClinicServer
     from monitor.serve.config import ServerConfig
     from monitor.serve_command import RoomSessionFactory, build_parser, load_clinic_model
 
-    db = tmp_path / "c.sqlite"
+    db = target
     args = build_parser().parse_args(["--port", "0", "--db", str(db), "--model", str(tiny_bundle)])
     access = ClinicAccess([Clinician("dr-a", hash_token("tok-a"), frozenset({"P1"})),
                            Clinician("dr-b", hash_token("tok-b"), frozenset({"P2"}))])

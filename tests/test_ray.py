@@ -148,6 +148,44 @@ class TestPool:
             assert ours.confidence == pytest.approx(theirs.confidence, abs=1e-4)
         assert pool.retried == 0 and pool.failed == 0
 
+    def test_serve_with_ray_streams_a_room_through_the_pool(self, default_model, pool, reference, session_file,
+                                                            tmp_path):
+        """``mood-monitor serve --ray``: a room's audio goes over the room protocol to the session server, whose
+        segments go through the Ray Serve pool; the points are the in-process ones."""
+        import asyncio
+        import threading
+
+        from monitor.audio.sources import FileSource
+        from monitor.history.store import Store
+        from monitor.room_client import RoomStreamer, stream_source
+        from monitor.serve.clinic import ClinicServer
+        from monitor.serve.config import ServerConfig
+        from monitor.serve_command import RoomSessionFactory, build_parser, load_clinic_model
+
+        db = tmp_path / "clinic.sqlite"
+        args = build_parser().parse_args(["--port", "0", "--db", str(db), "--model", "whisper", "--ray",
+                                          "--ray-attach", "--ray-app", "test-pool"])
+        shared = load_clinic_model(args)
+        assert isinstance(shared.service, RayFeatureService)
+        store = Store.open(db)
+        server = ClinicServer(RoomSessionFactory(shared, store, args), ServerConfig(port=0, token="t"), store=store)
+        server.start()
+        try:
+            assert server.url is not None
+            streamer = RoomStreamer(server.url.replace("http://", "ws://"), "t", "P-RAY")
+            stats = asyncio.run(stream_source(streamer, FileSource(session_file, realtime=False), threading.Event()))
+        finally:
+            server.stop()
+            shared.close()  # attached: leaves the pool to its owner
+        assert stats.error is None and stats.summary is not None and stats.summary["failed_segments"] == 0
+        got = store.point_records(stats.session_id)
+        store.close()
+        assert [t for p in got for t in (p["t_start"], p["t_end"])] == pytest.approx(
+            [t for p in reference for t in (p.t_start, p.t_end)], abs=1e-3)
+        for ours, theirs in zip(got, reference, strict=True):
+            assert ours["valence"] == pytest.approx(theirs.valence, abs=1e-3)
+            assert ours["arousal"] == pytest.approx(theirs.arousal, abs=1e-3)
+
     def test_a_second_server_attaches_to_the_pool_and_leaves_it_running(self, default_model, pool, ravdess_dir):
         bundle, model, _ = default_model
         wave = read_audio(ravdess_dir / CLIPS[0])

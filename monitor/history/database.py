@@ -20,7 +20,7 @@ import sqlite3
 import threading
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Generic, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 from monitor.history.target import DB_FILENAME, default_db_path
 from monitor.model.datadir import DATA_DIR_ENV, default_data_dir
@@ -106,16 +106,86 @@ class Backend(Protocol):
     def scrub(self, tables: Sequence[str]) -> None: ...
 
 
-class Database:
+C = TypeVar("C", bound="_Closable")
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+class PerThreadConnections(Generic[C]):
+    """One connection per thread, every one tracked (both backends).
+
+    Why: a connection must not be used by two threads at once, while the writer thread, the dashboard's
+    history requests and the CLIs all read or write; tracking them lets ``close()`` reach every one and a
+    finished thread give its own back, so a long-lived store does not collect one per thread.
+    """
+
+    errors: tuple[type[Exception], ...] = ()
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._all: list[C] = []
+        self._lock = threading.Lock()
+
+    def _connect(self) -> C:  # pragma: no cover - each backend's own
+        raise NotImplementedError
+
+    def _usable(self, conn: C) -> bool:
+        """Whether this thread's connection can still be used (a backend whose server can drop it says no)."""
+        return True
+
+    def _track(self, conn: C) -> C:
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    @property
+    def conn(self) -> C:
+        """This thread's connection (created on first use, and again after the old one broke)."""
+        conn: C | None = getattr(self._local, "conn", None)
+        if conn is not None and not self._usable(conn):
+            self.release_thread_connection()
+            conn = None
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def connection_count(self) -> int:
+        """Open connections over all threads."""
+        with self._lock:
+            return len(self._all)
+
+    def release_thread_connection(self) -> None:
+        """Close the calling thread's connection (a thread that is about to end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._lock:
+            self._all = [c for c in self._all if c is not conn]
+        conn.close()
+
+    def close(self) -> None:
+        """Close every thread's connection."""
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            try:
+                conn.close()
+            except self.errors:  # pragma: no cover - already broken
+                pass
+        self._local = threading.local()
+
+
+class Database(PerThreadConnections[sqlite3.Connection]):
     """One SQLite file; each thread gets its own connection on first use (thread-safe)."""
 
     errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def __init__(self, path: Path):
+        super().__init__()
         self.path = Path(path)
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
 
     @property
     def files_dir(self) -> Path:
@@ -152,22 +222,7 @@ class Database:
             log.warning("the store %s is not in WAL mode (%s); readers may wait for the writer", self.path, mode)
         conn.execute("PRAGMA synchronous = FULL")  # a committed point survives a crash and a power cut
         conn.execute("PRAGMA foreign_keys = ON")
-        with self._lock:
-            self._all.append(conn)
-        return conn
-
-    @property
-    def conn(self) -> sqlite3.Connection:
-        """This thread's connection (created on first use)."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect()
-        return conn
-
-    def connection_count(self) -> int:
-        """Open connections over all threads (a long-lived store must not collect one per finished thread)."""
-        with self._lock:
-            return len(self._all)
+        return self._track(conn)
 
     @contextmanager
     def transaction(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:
@@ -181,27 +236,6 @@ class Database:
             if conn.in_transaction:  # SQLite may have rolled back by itself (I/O error); keep the original error
                 conn.execute("ROLLBACK")
             raise
-
-    def release_thread_connection(self) -> None:
-        """Close the calling thread's connection (a thread that is about to end)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            return
-        self._local.conn = None
-        with self._lock:
-            self._all = [c for c in self._all if c is not conn]
-        conn.close()
-
-    def close(self) -> None:
-        """Close every thread's connection (checkpointing the WAL into the main file)."""
-        with self._lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            try:
-                conn.close()
-            except sqlite3.Error:  # pragma: no cover
-                pass
-        self._local = threading.local()
 
     def schema_version(self) -> int:
         return int(self.conn.execute("PRAGMA user_version").fetchone()[0])

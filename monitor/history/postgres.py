@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from monitor.history.database import Cursor, StoreError
+from monitor.history.database import Cursor, PerThreadConnections, StoreError
 from monitor.history.target import display_name, redact
 from monitor.model.datadir import default_data_dir
 
@@ -143,27 +142,22 @@ class PgConnection:
         self.raw.close()
 
 
-class PgDatabase:
+class PgDatabase(PerThreadConnections[PgConnection]):
     """One PostgreSQL database; each thread gets its own connection on first use (thread-safe)."""
 
     def __init__(self, url: str, data_dir: str | Path | None = None):
+        super().__init__()
         self.url = url
         self.path = display_name(url)  # never the password: this goes into messages and logs
         self._files_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
         self._psycopg = driver()
-        self._local = threading.local()
-        self._all: list[PgConnection] = []
-        self._lock = threading.Lock()
+        self.errors = (self._psycopg.Error,)
         self._force_sync = False
 
     @property
     def files_dir(self) -> Path:
         """Kept audio goes under the data folder (the database is on a server, not in a folder here)."""
         return self._files_dir
-
-    @property
-    def errors(self) -> tuple[type[Exception], ...]:
-        return (self._psycopg.Error,)
 
     def redact(self, text: str) -> str:
         return redact(text, self.url)
@@ -212,24 +206,10 @@ class PgDatabase:
         conn = PgConnection(raw)
         if self._force_sync:
             conn.execute("SET synchronous_commit = on")
-        with self._lock:
-            self._all.append(conn)
-        return conn
+        return self._track(conn)
 
-    @property
-    def conn(self) -> PgConnection:
-        """This thread's connection (created on first use, and again after the old one broke)."""
-        conn: PgConnection | None = getattr(self._local, "conn", None)
-        if conn is not None and not conn.usable:
-            self.release_thread_connection()
-            conn = None
-        if conn is None:
-            conn = self._local.conn = self._connect()
-        return conn
-
-    def connection_count(self) -> int:
-        with self._lock:
-            return len(self._all)
+    def _usable(self, conn: PgConnection) -> bool:
+        return conn.usable
 
     @contextmanager
     def transaction(self, immediate: bool = True) -> Iterator[PgConnection]:
@@ -246,25 +226,6 @@ class PgDatabase:
                 except self._psycopg.Error:  # pragma: no cover - keep the original error
                     pass
             raise
-
-    def release_thread_connection(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            return
-        self._local.conn = None
-        with self._lock:
-            self._all = [c for c in self._all if c is not conn]
-        conn.close()
-
-    def close(self) -> None:
-        with self._lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            try:
-                conn.close()
-            except self._psycopg.Error:  # pragma: no cover
-                pass
-        self._local = threading.local()
 
     # -- schema version: a one-row table
     def schema_version(self) -> int:

@@ -22,12 +22,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
+
+from monitor.live.worker import next_batch
 
 if TYPE_CHECKING:  # pragma: no cover
     from calibration.speaker import SpeakerBaseline
@@ -133,22 +134,8 @@ class BatchingFeatureService:
                 item[1].set_exception(ServiceClosed("the shared model has been closed"))
 
     def _next_batch(self) -> tuple[list[_Request], bool]:
-        first = self._requests.get()
-        if first is None:
-            return [], True
-        batch, n = [first], len(first[0])
-        deadline = time.monotonic() + self.config.max_wait_ms / 1000.0
-        while n < self.config.max_batch:
-            remaining = deadline - time.monotonic()
-            try:
-                item = self._requests.get(timeout=remaining) if remaining > 0 else self._requests.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                return batch, True
-            batch.append(item)
-            n += len(item[0])
-        return batch, False
+        return next_batch(self._requests, None, limit=self.config.max_batch, wait_ms=self.config.max_wait_ms,
+                          weight=lambda request: len(request[0]))
 
     def _forward(self, waves: list[np.ndarray]) -> np.ndarray:
         feats = self.model.backbone_features(waves).detach().cpu().numpy().astype(np.float32, copy=False)

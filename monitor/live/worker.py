@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -123,21 +123,7 @@ class EmbeddingWorker(threading.Thread):
 
     # ---- the thread ------------------------------------------------------------------
     def _next_batch(self) -> tuple[list[Segment], bool]:
-        first = self.segments.get()
-        if first is _STOP:
-            return [], True
-        batch = [first]
-        deadline = time.monotonic() + self.config.max_wait_ms / 1000.0
-        while len(batch) < self.config.max_batch:
-            remaining = deadline - time.monotonic()
-            try:
-                item = self.segments.get(timeout=remaining) if remaining > 0 else self.segments.get_nowait()
-            except queue.Empty:
-                break
-            if item is _STOP:
-                return batch, True
-            batch.append(item)
-        return batch, False
+        return next_batch(self.segments, _STOP, limit=self.config.max_batch, wait_ms=self.config.max_wait_ms)
 
     def _embed(self, batch: list[Segment]) -> list[Embedded]:
         waves = [s.audio for s in batch]
@@ -174,6 +160,31 @@ class EmbeddingWorker(threading.Thread):
     def _hand_on(self, item: Embedded | None) -> None:
         """Put a result on the results queue; after ``abort()`` nobody reads it, so drop it instead of waiting."""
         put_until(self.results, item, self._abort)
+
+
+
+
+def next_batch(source: "queue.Queue[Any]", stop: object, *, limit: int, wait_ms: float,
+               weight: Callable[[Any], int] = lambda item: 1) -> tuple[list[Any], bool]:
+    """Wait for one item, then take what else is waiting (up to ``limit`` by ``weight``, waiting at most
+    ``wait_ms`` for more): (the batch, whether ``stop`` was met). The embedding worker and the shared model
+    batch the same way."""
+    first = source.get()
+    if first is stop:
+        return [], True
+    batch, n = [first], weight(first)
+    deadline = time.monotonic() + wait_ms / 1000.0
+    while n < limit:
+        remaining = deadline - time.monotonic()
+        try:
+            item = source.get(timeout=remaining) if remaining > 0 else source.get_nowait()
+        except queue.Empty:
+            break
+        if item is stop:
+            return batch, True
+        batch.append(item)
+        n += weight(item)
+    return batch, False
 
 
 def put_until(target: "queue.Queue[Any]", item: Any, stop: threading.Event, poll_s: float = 0.1) -> bool:

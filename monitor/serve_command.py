@@ -26,7 +26,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Sequence
 
 from monitor.options import (EXIT_OK, EXIT_SETUP, add_heatmap_arguments, add_model_arguments, add_server_arguments,
-                             add_vad_arguments)
+                             add_vad_arguments, configs_from_args)
 from monitor.history.target import add_db_argument, namespace_target
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from monitor.history.store import Store
     from monitor.live.pipeline import MonitorPipeline
     from monitor.live.shared_model import FeatureService
+    from monitor.live.speakers import SpeakerAttributor
     from monitor.model.bundle import ModelBundle
     from monitor.model.emotion import EmotionModel
     from monitor.serve.access import Clinician
@@ -92,8 +93,6 @@ class RoomSessionFactory:
     """Builds one room's pipeline: the shared model, the patient's enrolment and voiceprints, the store."""
 
     def __init__(self, shared: ClinicModel, store: Store | None, args: argparse.Namespace) -> None:
-        from monitor.options import configs_from_args
-
         self.shared = shared
         self.store = store
         self.count = args.count
@@ -124,7 +123,7 @@ class RoomSessionFactory:
         return MonitorPipeline(source, PooledModel(model, self.shared.service), projector, sinks=sinks, config=config,
                                session=session, baseline=baseline, speakers=speakers)
 
-    def _attributor(self, hello: RoomHello) -> Any:
+    def _attributor(self, hello: RoomHello) -> SpeakerAttributor | None:
         """Speaker attribution when the patient has a voiceprint (as in the one-room monitor)."""
         from monitor.options import speaker_encoder
         from monitor.live.speakers import SpeakerAttributor

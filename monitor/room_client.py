@@ -157,6 +157,9 @@ class RoomStreamer:
             hello = dict(self.hello, session=self.stats.session_id)
             await ws.send(json.dumps(hello))
             ready = await self._await_ready(ws)
+            if ready["type"] == "room_ended":  # it ended while this room was away: nothing left to send
+                self._on_message(json.dumps(ready))
+                return
             self.stats.session_id = ready["session"]
             server_next = int(ready["next_seq"])
             self._acknowledge(server_next)
@@ -180,10 +183,11 @@ class RoomStreamer:
 
     @staticmethod
     async def _await_ready(ws: ClientConnection) -> dict[str, Any]:
-        """Skip the dashboard's hello and snapshot up to ``room_ready``; an ``error`` first is a refusal."""
+        """Skip the dashboard's hello and snapshot up to ``room_ready`` (or ``room_ended``: a resumed session that
+        ended meanwhile); an ``error`` first is a refusal."""
         while True:
             msg = json.loads(await asyncio.wait_for(ws.recv(), timeout=15))
-            if msg.get("type") == "room_ready":
+            if msg.get("type") in ("room_ready", "room_ended"):
                 return dict(msg)
             if msg.get("type") == "error":
                 raise RoomRefused(f"the server refused the room: {msg.get('message')}")

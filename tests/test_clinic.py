@@ -388,6 +388,10 @@ def test_the_room_protocol_as_documented(clinic, ravdess_clips):
         ws.send(json.dumps(docs["room_end"]))
         ended = next_of(ws, "room_ended")
     assert set(ended) == set(docs["room_ended"]) and ended["error"] is None
+    # a room whose room_end crossed a dropped connection asks to resume: it is told how the session ended
+    with connect(f"{url}/room?token=tok-a") as ws:
+        ws.send(json.dumps({"type": "room_hello", "patient": "P1", "session": session}))
+        assert json.loads(ws.recv(timeout=10)) == ended
     summary = ended["summary"]
     assert summary["audio_seconds"] == pytest.approx(len(audio) / sr, abs=0.031) and summary["points"] >= 1
     assert server.stats["duplicate_chunks"] == 1 and server.stats["resumes"] == 1

@@ -340,17 +340,10 @@ class ClinicServer:
             self.stats["connections"] -= 1
 
     async def _serve_room(self, ws: ServerConnection, clinician: Clinician) -> None:
-        try:
-            raw = await asyncio.wait_for(ws.recv(), timeout=self.clinic.hello_timeout_s)
-            hello = rooms.parse_room_hello(raw)
-            room = await self._open_room(hello, clinician)
-        except ProtocolError as exc:
-            await ws.send(protocol.dumps(protocol.error(exc.code, str(exc))))
-            await close_ws(ws, 1008, exc.code)
+        opened = await self._greet(ws, clinician)
+        if opened is None:
             return
-        except (asyncio.TimeoutError, ConnectionClosed):
-            await close_ws(ws, 1008, "no room_hello")
-            return
+        hello, room = opened
         previous, room.room = room.room, room.channel.hub.join(ws, ended=room.channel.ended)
         if previous is not None:  # the same room reconnected before the old connection timed out
             log.info("session %s: the room reconnected; its old connection is closed", room.session_id)
@@ -384,6 +377,28 @@ class ClinicServer:
                     room.disconnected_at = time.time()
                     log.info("session %s: the room's connection dropped; waiting %.0f s for it to resume",
                              room.session_id, self.clinic.resume_grace_s)
+
+    async def _greet(self, ws: ServerConnection, clinician: Clinician) -> tuple[rooms.RoomHello, RoomSession] | None:
+        """The room's ``room_hello`` -> its (new or resumed) session; None when it was refused or has ended."""
+        try:
+            raw = await asyncio.wait_for(ws.recv(), timeout=self.clinic.hello_timeout_s)
+            hello = rooms.parse_room_hello(raw)
+            ended = self.finished.get(hello.session or "")
+            if ended is not None and ended.patient == hello.patient and clinician.may_see(ended.patient):
+                # The session ended while the room was away (its room_end crossed a dropped connection):
+                # say how it ended, as if the room had been there.
+                await ws.send(protocol.dumps(self._ended_message(ended)))
+                await close_ws(ws, 1000, "session ended")
+                return None
+            room = await self._open_room(hello, clinician)
+        except ProtocolError as exc:
+            await ws.send(protocol.dumps(protocol.error(exc.code, str(exc))))
+            await close_ws(ws, 1008, exc.code)
+            return None
+        except (asyncio.TimeoutError, ConnectionClosed):
+            await close_ws(ws, 1008, "no room_hello")
+            return None
+        return hello, room
 
     async def _open_room(self, hello: rooms.RoomHello, clinician: Clinician) -> RoomSession:
         """The session a hello names (resumed), or a new one; ``ProtocolError`` when it may not be."""
@@ -446,10 +461,13 @@ class ClinicServer:
             self.finished.pop(next(iter(self.finished)))
         room.channel.end()
         if room.room is not None:
-            room.channel.hub.send(room.room, message(
-                "room_ended", session=room.session_id, error=failure,
-                summary=summary.to_dict() if summary is not None else None))
+            room.channel.hub.send(room.room, self._ended_message(room))
         log.info("session %s ended%s", room.session_id, f": {failure}" if failure else "")
+
+    @staticmethod
+    def _ended_message(room: RoomSession) -> dict[str, Any]:
+        return message("room_ended", session=room.session_id, error=room.failure,
+                       summary=room.summary.to_dict() if room.summary is not None else None)
 
     async def _on_audio(self, room: RoomSession, client: Client, data: bytes) -> None:
         try:

@@ -244,7 +244,12 @@
         break;
       case "room_ready": onRoomReady(msg); break;
       case "audio_ack": dropAcked(msg.next_seq); break;
-      case "room_ended": stopCapture(); break;
+      case "room_ended": // the session is over (also the answer to a resume that came too late)
+        stopCapture();
+        S.ended = true;
+        setConn("ended", "session ended");
+        updateControls();
+        break;
       case "end":
         S.ended = true;
         if (msg.summary) S.summary = summaryFromServer(msg.summary);

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from bench_pipeline import Collector  # the point sink the pipeline benchmark keeps
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "whisper"
@@ -68,28 +69,6 @@ def write_session(clips: list[Path], gap_s: float, path: Path) -> float:
     return len(audio) / 16000
 
 
-class Collect:
-    """A point sink that keeps the latencies."""
-
-    def __init__(self) -> None:
-        self.latencies: list[float] = []
-
-    def start(self, session, heatmap):
-        pass
-
-    def point(self, point):
-        self.latencies.append(point.latency_ms)
-
-    def mark(self, mark):
-        pass
-
-    def status(self, status):
-        pass
-
-    def close(self):
-        pass
-
-
 def sessions(model, projector, service, wavs: list[Path]) -> dict:
     """Every wav as its own real-time session, all at once, sharing ``service``."""
     from monitor.audio.sources import FileSource
@@ -97,13 +76,13 @@ def sessions(model, projector, service, wavs: list[Path]) -> dict:
     from monitor.live.pipeline import MonitorConfig, MonitorPipeline
     from monitor.live.shared_model import PooledModel
 
-    sinks = [Collect() for _ in wavs]
+    sinks = [Collector() for _ in wavs]
     pipelines = [MonitorPipeline(FileSource(w, realtime=True), PooledModel(model, service), projector, sinks=[s],
                                  config=MonitorConfig(heatmap=HeatmapConfig(smoothing_sigma=0)))
                  for w, s in zip(wavs, sinks, strict=True)]
     with ThreadPoolExecutor(len(pipelines)) as pool:
         summaries = list(pool.map(lambda p: p.run(), pipelines))
-    lat = np.asarray([x for s in sinks for x in s.latencies])
+    lat = np.asarray([p.latency_ms for s in sinks for p in s.points])
     return {
         "sessions": len(wavs),
         "segments": sum(s.segments for s in summaries),

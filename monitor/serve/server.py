@@ -136,7 +136,7 @@ class DashboardServer:
         if not self._life.advance(Phase.STARTING):
             raise RuntimeError(f"dashboard server cannot start: it is {self._life.phase.value}")
         self.session, self.heatmap = session, heatmap
-        self._hub.bind(session, heatmap)
+        self._channel.bind(session, heatmap)
         if WEBSOCKETS_LOG.level == logging.NOTSET:
             WEBSOCKETS_LOG.setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
         self._calls.start()
@@ -158,17 +158,17 @@ class DashboardServer:
                      "is %r)", self.config.host or "the empty host", socket.gethostname())
 
     def point(self, point: Point) -> None:
-        self._bridge.post("point", point)
+        self._channel.point(point)
 
     def mark(self, mark: Mark) -> None:
-        self._bridge.post("mark", mark)
+        self._channel.mark(mark)
 
     def edit_mark(self, old: Mark, new: Mark | None) -> None:
         """A mark's new text, or its deletion (``new=None``), for every viewer (the pipeline calls this)."""
-        self._bridge.post("mark_edit", (old, new))
+        self._channel.edit_mark(old, new)
 
     def status(self, status: Status) -> None:
-        self._bridge.post("status", status)
+        self._channel.status(status)
 
     def close(self) -> None:
         """End the session for the dashboard: every queued point goes out, then an ``end`` message.

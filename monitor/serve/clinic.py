@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Callable, Protocol
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -117,12 +116,11 @@ class _ChannelSink:
 class RoomSession:
     """One running session: its room's stream position and connection, its pipeline and channel."""
 
-    session_id: str
     hello: rooms.RoomHello
     clinician: Clinician
     source: PushedAudioSource
     channel: SessionChannel
-    pipeline: MonitorPipeline | None = None
+    pipeline: MonitorPipeline
     thread: threading.Thread | None = None
     next_seq: int = 0
     room: Client | None = None
@@ -134,6 +132,10 @@ class RoomSession:
     @property
     def patient(self) -> str:
         return self.hello.patient
+
+    @property
+    def session_id(self) -> str:
+        return self.pipeline.session.session_id
 
     def describe(self) -> dict[str, Any]:
         return {"session_id": self.session_id, "patient_id": self.patient, "room": self.hello.room,
@@ -160,8 +162,7 @@ class ClinicServer:
         else:
             self.token = ""
         self.access = access
-        self._router = Router(self.config, self.token or secrets.token_urlsafe(18), load_pages(),
-                              history=store is not None, access=access)
+        self._router = Router(self.config, self.token, load_pages(), history=store is not None, access=access)
         self._calls = BlockingCalls(threads=4, name="clinic-call",
                                     on_thread_exit=store.release_thread_connection if store is not None else None)
         self.sessions: dict[str, RoomSession] = {}
@@ -202,10 +203,6 @@ class ClinicServer:
             loop.call_soon_threadsafe(self._stop.set)
         thread.join(timeout=30)
         self._calls.stop()
-
-    def session_url(self, session_id: str, token: str | None = None) -> str:
-        """The dashboard address of one session."""
-        return f"{self.url}/?session={quote(session_id, safe='')}&token={quote(token or self.token, safe='')}"
 
     def _run(self, context: ssl.SSLContext | None) -> None:
         loop = asyncio.new_event_loop()
@@ -415,17 +412,14 @@ class ClinicServer:
             raise ProtocolError("too_many_sessions", f"this server runs at most {self.clinic.max_sessions} sessions")
         source = PushedAudioSource(description=f"room:{hello.room or hello.patient}",
                                    queue_seconds=self.clinic.queue_seconds)
-        channel = SessionChannel(self.config, None, self._calls, history=self.store is not None, stats=self.stats)
-        room = RoomSession(session_id="", hello=hello, clinician=clinician, source=source, channel=channel)
         try:
             pipeline = await self._calls.run(self.factory, hello, clinician, source)
         except Exception as exc:  # noqa: BLE001 - a session that cannot be built is refused, the server goes on
             log.exception("could not start a session for patient %s", hello.patient)
             raise ProtocolError("unavailable", f"the session could not start: {exc}") from exc
-        channel.controls = pipeline
-        channel.hub.controls = pipeline
-        room.pipeline = pipeline
-        room.session_id = pipeline.session.session_id
+        channel = SessionChannel(self.config, pipeline, self._calls, history=self.store is not None,
+                                 stats=self.stats)
+        room = RoomSession(hello=hello, clinician=clinician, source=source, channel=channel, pipeline=pipeline)
         loop = asyncio.get_running_loop()
         channel.bridge.attach(loop)
         pipeline.add_sink(_ChannelSink(channel, lambda: channel.bridge.call(channel.end)), first=True)
@@ -440,7 +434,6 @@ class ClinicServer:
 
     def _run_session(self, room: RoomSession, loop: asyncio.AbstractEventLoop) -> None:
         """The session's own thread: the pipeline runs until the room ends it (or the server stops)."""
-        assert room.pipeline is not None
         summary: SessionSummary | None = None
         failure = None
         try:

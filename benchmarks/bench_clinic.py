@@ -152,7 +152,7 @@ def run_rooms(args: argparse.Namespace, max_batch: int, max_wait_ms: float, wavs
 
     async def one(i: int) -> RoomStats:
         streamer = RoomStreamer(url, TOKEN, f"P{i + 1:02d}", room=f"room-{i + 1}")
-        stats = await stream_source(streamer, sources[i], threading.Event())
+        stats = await stream_source(streamer, sources[i])
         returned[i] = time.monotonic()
         return stats
 

@@ -139,10 +139,10 @@ class RoomStreamer:
         try:
             while self._sent_upto < self._next_seq:
                 seq = self._sent_upto
-                data = next((d for s, d in self._unacked if s == seq), None)
                 self._sent_upto += 1
-                if data is not None:
-                    await ws.send(data)
+                first = self._unacked[0][0] if self._unacked else self._next_seq  # the buffer is consecutive
+                if seq >= first:  # (below it: acknowledged meanwhile)
+                    await ws.send(self._unacked[seq - first][1])
                     self.stats.chunks_sent += 1
             if self._input_done and not self._unacked and not self._end_sent:
                 self._end_sent = True
@@ -228,9 +228,10 @@ def room_url(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, rooms.ROOM_PATH, "", ""))
 
 
-def capture_chunks(source: AudioSource, loop: asyncio.AbstractEventLoop, chunks: asyncio.Queue[np.ndarray | None],
-                   stop: threading.Event) -> threading.Thread:
-    """A thread that reads the source's frames and queues 100 ms int16 chunks (``None`` at the end)."""
+def capture_chunks(source: AudioSource, loop: asyncio.AbstractEventLoop,
+                   chunks: asyncio.Queue[np.ndarray | None]) -> threading.Thread:
+    """A thread that reads the source's frames and queues 100 ms int16 chunks (``None`` at the end, which
+    ``source.stop()`` brings about)."""
 
     def put(item: np.ndarray | None) -> None:
         asyncio.run_coroutine_threadsafe(chunks.put(item), loop).result()
@@ -245,8 +246,6 @@ def capture_chunks(source: AudioSource, loop: asyncio.AbstractEventLoop, chunks:
                 if n >= CHUNK_SAMPLES:
                     put(np.concatenate(pending))
                     pending, n = [], 0
-                if stop.is_set():
-                    break
         except Exception as exc:  # noqa: BLE001 - what was captured is still sent
             log.error("audio input ended: %s", exc)
         finally:
@@ -259,9 +258,9 @@ def capture_chunks(source: AudioSource, loop: asyncio.AbstractEventLoop, chunks:
     return thread
 
 
-async def stream_source(streamer: RoomStreamer, source: AudioSource, stop: threading.Event) -> RoomStats:
+async def stream_source(streamer: RoomStreamer, source: AudioSource) -> RoomStats:
     chunks: asyncio.Queue[np.ndarray | None] = asyncio.Queue(maxsize=50)
-    capture_chunks(source, asyncio.get_running_loop(), chunks, stop)
+    capture_chunks(source, asyncio.get_running_loop(), chunks)
     return await streamer.run(chunks)
 
 
@@ -283,7 +282,6 @@ def run_remote(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_SETUP
-    stop = threading.Event()
     presses = 0
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
@@ -296,7 +294,7 @@ def run_remote(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
 
     previous = signal.signal(signal.SIGINT, interrupt)
     try:
-        stats = asyncio.run(stream_source(streamer, source, stop))
+        stats = asyncio.run(stream_source(streamer, source))
     except KeyboardInterrupt:
         print("aborted: audio not yet acknowledged by the server was not sent", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -153,7 +153,6 @@ class TestPool:
         """``mood-monitor serve --ray``: a room's audio goes over the room protocol to the session server, whose
         segments go through the Ray Serve pool; the points are the in-process ones."""
         import asyncio
-        import threading
 
         from monitor.audio.sources import FileSource
         from monitor.history.store import Store
@@ -173,7 +172,7 @@ class TestPool:
         try:
             assert server.url is not None
             streamer = RoomStreamer(server.url.replace("http://", "ws://"), "t", "P-RAY")
-            stats = asyncio.run(stream_source(streamer, FileSource(session_file, realtime=False), threading.Event()))
+            stats = asyncio.run(stream_source(streamer, FileSource(session_file, realtime=False)))
         finally:
             server.stop()
             shared.close()  # attached: leaves the pool to its owner

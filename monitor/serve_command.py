@@ -84,9 +84,7 @@ class ClinicModel:
     device: str
 
     def close(self) -> None:
-        close = getattr(self.service, "close", None)
-        if close is not None:
-            close()
+        self.service.close()
 
 
 class RoomSessionFactory:

@@ -44,6 +44,10 @@ class FeatureService(Protocol):
         """16 kHz float32 waveforms -> backbone features [len(waves), D] (float32)."""
         ...
 
+    def close(self) -> None:
+        """Finish what is queued and let go of the model (or the pool)."""
+        ...
+
 
 class PooledModel:
     """A session's view of a shared model: its ``embed_waveforms`` fits the worker's ``EmbeddingModel``."""

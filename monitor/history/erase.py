@@ -19,7 +19,9 @@ from monitor.history.audio_files import remove_tree, session_audio_dir
 from monitor.history.database import Backend
 from monitor.history.queries import has_patient, session_rowid
 
-SESSION_TABLES = ("points", "marks", "segment_audio", "sessions")
+#: A session's rows beside its own row in ``sessions``.
+SESSION_CHILD_TABLES = ("points", "marks", "segment_audio")
+SESSION_TABLES = (*SESSION_CHILD_TABLES, "sessions")
 PATIENT_TABLES = (*SESSION_TABLES, "baselines", "voiceprints", "patients")
 
 
@@ -47,7 +49,7 @@ def _delete(db: Backend, session_ids: Sequence[str], patient_id: str | None) -> 
         for sid in session_ids:
             rowid = session_rowid(db, sid, c)
             audio_dirs.append(session_audio_dir(db.files_dir, sid))
-            for table in ("points", "marks", "segment_audio"):
+            for table in SESSION_CHILD_TABLES:
                 c.execute(f"DELETE FROM {table} WHERE session = ?", (rowid,))
             c.execute("DELETE FROM sessions WHERE id = ?", (rowid,))
         if patient_id is not None:

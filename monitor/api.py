@@ -322,9 +322,10 @@ class MoodModel:
         from tqdm.auto import tqdm
 
         with tqdm(total=len(jobs), desc="mood", unit="file", disable=not show, dynamic_ncols=True) as bar:
-            if self.ray is not None and jobs and all(j.audio is None for j in jobs):
+            on_disk = all(j.audio is None for j in jobs)  # other workers can read them
+            if self.ray is not None and jobs and on_disk:
                 results = self._results_on_ray(jobs, segment, errors)
-            elif self.num_workers > 1 and len(jobs) > 1 and all(j.audio is None for j in jobs):
+            elif self.num_workers > 1 and len(jobs) > 1 and on_disk:
                 results = self._results_in_processes(jobs, segment, errors)
             else:
                 results = self._results_here(jobs, segment, errors)
@@ -459,11 +460,9 @@ class MoodModel:
 
     def _results_in_processes(self, jobs: list[_Job], segment: bool, errors: Errors) -> Iterator[_FileResult]:
         """Jobs in chunks over ``num_workers`` spawned processes, each with its own model; results in order."""
-        if self.bundle.path is None:
-            raise ValueError("num_workers > 1 needs a bundle loaded from a folder (save_pretrained it first)")
         workers = min(self.num_workers, len(jobs))
-        chunk = max(1, min(self.batch_size, math.ceil(len(jobs) / (workers * 4))))
         state = self._worker_state(self.device, threads=max(1, (os.cpu_count() or 1) // workers))
+        chunk = self._chunk(len(jobs), workers)
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_worker_init, initargs=(state,))
         try:
@@ -473,6 +472,11 @@ class MoodModel:
                 yield from future.result()
         finally:  # also on an error, Ctrl-C or a consumer that stops early: queued chunks are dropped
             pool.shutdown(wait=False, cancel_futures=True)
+
+    def _chunk(self, jobs: int, workers: int) -> int:
+        """Files per task: about four tasks per worker (so a slow file does not hold the others back), at most
+        a batch."""
+        return max(1, min(self.batch_size, math.ceil(jobs / (workers * 4))))
 
     def _worker_state(self, device: str, threads: int) -> _WorkerState:
         if self.bundle.path is None:
@@ -496,7 +500,7 @@ class MoodModel:
         workers = min(self.num_workers, len(jobs))
         gpus = 1 if self.requested_device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0 else 0
         state = self._worker_state("auto" if gpus else "cpu", threads=1)
-        chunk = max(1, min(self.batch_size, math.ceil(len(jobs) / (workers * 4))))
+        chunk = self._chunk(len(jobs), workers)
         items = [{"order": i, "file": j.file, "path": os.path.abspath(j.source), "start": _nan_if_none(j.start),
                   "end": _nan_if_none(j.end)} for i, j in enumerate(jobs)]
         data = ray_data.from_items(items, override_num_blocks=math.ceil(len(items) / chunk))

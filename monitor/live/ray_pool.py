@@ -46,6 +46,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -53,7 +54,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from monitor.live.shared_model import ServiceClosed
+from monitor.live.shared_model import RECENT_BATCHES, ServiceClosed
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ class BackboneReplica:
         self.model_id = loaded.model_id
         self.model = loaded.build_model(device="auto", precision=precision)
         self.segments = 0
-        self.batches: list[int] = []
+        self.batches: deque[int] = deque(maxlen=RECENT_BATCHES)  # of the recent passes
 
     def forward(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Backbone features of a batch, one float32 row per waveform."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Sequence
@@ -35,6 +36,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from monitor.model.emotion import EmotionModel
 
 log = logging.getLogger(__name__)
+
+#: Passes whose batch size a service remembers (a server runs for weeks: the record must not grow with it).
+RECENT_BATCHES = 10_000
 
 
 class FeatureService(Protocol):
@@ -99,7 +103,7 @@ class BatchingFeatureService:
         self._closed = threading.Event()
         self.passes = 0
         self.segments = 0
-        self.batch_sizes: list[int] = []
+        self.batch_sizes: deque[int] = deque(maxlen=RECENT_BATCHES)  # of the recent passes
 
     def start(self) -> "BatchingFeatureService":
         self._thread.start()

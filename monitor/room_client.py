@@ -21,7 +21,7 @@ import ssl
 import sys
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -58,7 +58,6 @@ class RoomStats:
     summary: dict[str, Any] | None = None
     error: str | None = None
     received_seconds: float = 0.0
-    point_bodies: list[dict[str, Any]] = field(default_factory=list)
 
 
 class RoomStreamer:
@@ -206,7 +205,6 @@ class RoomStreamer:
             self.stats.received_seconds = float(msg.get("received_seconds", self.stats.received_seconds))
         elif kind == "point":
             self.stats.points += 1
-            self.stats.point_bodies.append(msg)
             if self.on_point is not None:
                 self.on_point(msg)
         elif kind == "room_ended":

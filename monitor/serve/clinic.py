@@ -481,6 +481,9 @@ class ClinicServer:
             return
         # Back-pressure: while the session's queue is full this connection is not read, and TCP slows the room.
         while not room.source.offer(pcm):
+            if room.session_id not in self.sessions:  # the session ended (or failed) while the room waited
+                room.channel.hub.send(client, protocol.error("session_ended", "the session has ended"))
+                return
             await asyncio.sleep(0.02)
         room.next_seq += 1
         room.channel.hub.send(client, message("audio_ack", seq=seq, next_seq=room.next_seq,

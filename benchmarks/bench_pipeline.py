@@ -206,12 +206,14 @@ def replay_latency(model, projector, session_wav: Path) -> dict:
             "dropped_frames": summary.dropped_frames}
 
 
-def saturated_throughput(model, session_wav: Path, max_batch: int) -> dict:
-    """All segments queued at once: seconds of speech embedded per wall second."""
+def saturated_throughput(model, session_wav: Path, max_batch: int, speakers=None) -> dict:
+    """All segments queued at once: seconds of speech embedded per wall second (``speakers``: with attribution,
+    a ``SpeakerAttributor`` the worker calls on the same batches)."""
     from monitor.live.worker import EmbeddingWorker, WorkerConfig
 
     segments = vad_segments(session_wav)
-    worker = EmbeddingWorker(model, WorkerConfig(max_batch=max_batch, queue_size=len(segments) + 1))
+    worker = EmbeddingWorker(model, WorkerConfig(max_batch=max_batch, queue_size=len(segments) + 1),
+                             speakers=speakers)
     for s in segments:
         worker.submit(s)
     started = time.perf_counter()

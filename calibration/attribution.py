@@ -7,15 +7,15 @@ compares it with the enrolled voiceprints and decides ``patient``,
 
 - a segment shorter than ``min_seconds`` is ``unknown`` (a back-channel such as
   "mm-hm" carries too little voice to tell who said it);
-- its cosine with a voiceprint must reach ``threshold`` (the voice must match);
-- when both voices are enrolled, the matching voice must also beat the other
-  one by ``margin`` (overlapped or ambiguous speech lands between the two);
-- with only the patient enrolled, a segment that does not reach the threshold
-  is ``unknown``: the rule never calls a clear non-match the patient.
+- with one voice enrolled, its cosine must reach ``threshold``; a segment that does not is ``unknown``:
+  the rule never calls a clear non-match the patient;
+- with both voices enrolled, the decision is between two known voices: the winner must beat the other
+  by ``margin`` (overlapped or ambiguous speech lands between the two) and reach ``pair_threshold``, a
+  floor that keeps a third voice (a relative in the room, a television) out of both.
 
-The defaults were calibrated on the developer corpora
-(``benchmarks/bench_speakers.py``; docs/benchmarks/speakers_quick.md): they hold for
-the encoder named in :data:`CALIBRATED_FOR` and must be recalibrated for another.
+The defaults are calibrated on the developer corpora's synthetic sessions, per speaker encoder
+(:data:`CALIBRATED`, ``benchmarks/bench_speakers.py``, docs/benchmarks/speakers_quick.md): cosines of different
+encoders live on different scales, so another encoder must be recalibrated.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ PATIENT = "patient"
 CLINICIAN = "clinician"
 UNKNOWN = "unknown"
 SPEAKERS = (PATIENT, CLINICIAN, UNKNOWN)
-#: The speaker encoder the defaults of :class:`AttributionConfig` were calibrated for.
-CALIBRATED_FOR = "resemblyzer-ge2e"
 
 
 class VoiceprintError(ValueError):
@@ -146,25 +144,54 @@ class Voiceprint:
 
 @dataclass(frozen=True)
 class AttributionConfig:
-    """The attribution rule's settings; the defaults are calibrated for :data:`CALIBRATED_FOR` (see module doc).
+    """The attribution rule's settings (see the module doc); :meth:`calibrated` gives an encoder's defaults.
 
-    threshold: the cosine a segment must reach with a voiceprint to be that speaker.
+    threshold: with one voice enrolled, the cosine a segment must reach to be that speaker.
     margin: with both voices enrolled, how much the winner's cosine must exceed the other's.
     min_seconds: shorter segments are unknown (back-channels, fragments).
+    pair_threshold: with both voices enrolled, the cosine the winner must reach (None: ``threshold``).
     """
 
-    #: 0.86: chosen by ``bench_speakers.py --quick`` on RAVDESS sessions (docs/benchmarks/speakers_quick.md) as the
-    #: highest patient recall with <= 1 % of the clinician's speech time taken for the patient; at the earlier,
-    #: uncalibrated 0.75 that share was 32 %. Margin and minimum length did not change either figure there.
-    threshold: float = 0.86
-    margin: float = 0.05
+    threshold: float = 0.5
+    margin: float = 0.0
     min_seconds: float = 1.0
+    pair_threshold: float | None = None
 
     def __post_init__(self) -> None:
-        if not -1.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold is a cosine in [-1, 1], got {self.threshold}")
+        for name in ("threshold", "pair_threshold"):
+            value = getattr(self, name)
+            if value is not None and not -1.0 <= value <= 1.0:
+                raise ValueError(f"{name} is a cosine in [-1, 1], got {value}")
         if self.margin < 0 or self.min_seconds < 0:
             raise ValueError("margin and min_seconds must be >= 0")
+
+    @property
+    def floor(self) -> float:
+        """The cosine the winner must reach when both voices are enrolled."""
+        return self.threshold if self.pair_threshold is None else self.pair_threshold
+
+    @classmethod
+    def calibrated(cls, encoder: str) -> "AttributionConfig":
+        """The defaults calibrated for a speaker encoder (by its name); an unknown encoder is an error, since
+        cosines of an uncalibrated encoder mean nothing to the rule."""
+        try:
+            return CALIBRATED[encoder]
+        except KeyError:
+            raise VoiceprintError(f"no attribution settings are calibrated for the speaker encoder {encoder!r} "
+                                  f"(calibrated: {', '.join(sorted(CALIBRATED))}); run benchmarks/bench_speakers.py "
+                                  "with it and pass an AttributionConfig") from None
+
+
+#: Per speaker encoder, the settings ``benchmarks/bench_speakers.py`` chose on all synthetic sessions of the
+#: developer corpora (selection rule and leave-one-corpus-out results: docs/benchmarks/speakers_quick.md).
+CALIBRATED: dict[str, AttributionConfig] = {
+    # ECAPA-TDNN (--quick run): chosen with each corpus group left out in turn, the settings took 1.7 % of the
+    # clinician's speech for the patient's and gave the patient 56 % of theirs, both voices enrolled (pooled).
+    "ecapa-voxceleb": AttributionConfig(threshold=0.67, margin=0.24, min_seconds=0.5, pair_threshold=0.54),
+    # GE2E: 0.86 kept <= 1 % of the clinician's speech as the patient's on RAVDESS sessions (docs/benchmarks/
+    # speakers_resemblyzer.md); at the earlier, uncalibrated 0.75 that share was 32 %.
+    "resemblyzer-ge2e": AttributionConfig(threshold=0.86, margin=0.05, min_seconds=1.0),
+}
 
 
 @dataclass(frozen=True)
@@ -197,9 +224,9 @@ def _check_voiceprints(patient: Voiceprint | None, clinician: Voiceprint | None,
 
 
 def decide(patient_score: float | None, clinician_score: float | None, seconds: float,
-           config: AttributionConfig | None = None) -> Attribution:
+           config: AttributionConfig) -> Attribution:
     """The rule on precomputed cosines (None: that voice is not enrolled)."""
-    cfg = config or AttributionConfig()
+    cfg = config
     p, c = patient_score, clinician_score
     scored = [s for s in (p, c) if s is not None]
     best = max(scored) if scored else None
@@ -208,11 +235,11 @@ def decide(patient_score: float | None, clinician_score: float | None, seconds: 
     if seconds < cfg.min_seconds:
         return Attribution(UNKNOWN, best, p, c, "short")
     if p is not None and c is not None:
-        if p >= cfg.threshold and p - c >= cfg.margin:
+        if p >= cfg.floor and p - c >= cfg.margin:
             return Attribution(PATIENT, p, p, c, "match")
-        if c >= cfg.threshold and c - p >= cfg.margin:
+        if c >= cfg.floor and c - p >= cfg.margin:
             return Attribution(CLINICIAN, c, p, c, "match")
-        reason = "ambiguous" if max(p, c) >= cfg.threshold else "below_threshold"
+        reason = "ambiguous" if max(p, c) >= cfg.floor else "below_threshold"
         return Attribution(UNKNOWN, best, p, c, reason)
     only, name = (p, PATIENT) if p is not None else (c, CLINICIAN)
     assert only is not None
@@ -223,13 +250,20 @@ def decide(patient_score: float | None, clinician_score: float | None, seconds: 
 
 def attribute(embeddings: ArrayLike, seconds: ArrayLike | float, patient: Voiceprint | None,
               clinician: Voiceprint | None = None, config: AttributionConfig | None = None) -> list[Attribution]:
-    """One :class:`Attribution` per speaker embedding ([n, d] or [d]) with its segment's length in seconds."""
+    """One :class:`Attribution` per speaker embedding ([n, d] or [d]) with its segment's length in seconds.
+
+    config: the rule's settings; None takes those calibrated for the voiceprints' encoder.
+    """
     emb = np.atleast_2d(np.asarray(embeddings, dtype=np.float64))
     secs = np.broadcast_to(np.asarray(seconds, dtype=np.float64), (emb.shape[0],))
     _check_voiceprints(patient, clinician, emb.shape[1])
+    enrolled = patient if patient is not None else clinician
+    if enrolled is None:
+        return [Attribution(UNKNOWN, None, None, None, "no_voiceprint") for _ in range(emb.shape[0])]
+    cfg = config or AttributionConfig.calibrated(enrolled.encoder)
     p = patient.score(emb) if patient is not None else None
     c = clinician.score(emb) if clinician is not None else None
-    return [decide(None if p is None else float(p[i]), None if c is None else float(c[i]), float(secs[i]), config)
+    return [decide(None if p is None else float(p[i]), None if c is None else float(c[i]), float(secs[i]), cfg)
             for i in range(emb.shape[0])]
 
 

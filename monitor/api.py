@@ -44,6 +44,7 @@ from monitor.live.speakers import SpeakerAttributor
 from monitor.model.audio_format import SAMPLE_RATE
 from monitor.model.bundle import ModelBundle, load_bundle
 from monitor.model.emotion import EmotionModel, choose_device
+from monitor.model.speaker_encoders import DEFAULT_SPEAKER_ENCODER
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,8 @@ class MoodModel:
                         token: str | bool | None = None, baseline: SpeakerBaseline | PathLike | None = None,
                         patient: str | None = None, clinician: str | None = None, db: PathLike | None = None,
                         vad: VadConfig | None = None, batch_size: int = 16, num_workers: int = 1,
-                        progress: bool | None = None, ray: str | None = None) -> MoodModel:
+                        progress: bool | None = None, ray: str | None = None,
+                        speaker_encoder: str = DEFAULT_SPEAKER_ENCODER) -> MoodModel:
         """Load a model: "default" (the shipped bundle), a shipped name, a bundle folder, or a Hub repo id.
 
         Hub repo ids (``org/name``) go through ``huggingface_hub`` with its
@@ -178,7 +180,9 @@ class MoodModel:
         monitor's store (``db``: its SQLite file; default: the monitor's), and,
         when the store holds the patient's voiceprint, adds the live monitor's
         ``speaker`` and ``speaker_score`` columns (with ``clinician``: that
-        clinician's stored voiceprint too).
+        clinician's stored voiceprint too). ``speaker_encoder``: the encoder the
+        voiceprints were made with ("ecapa", the default, or "resemblyzer";
+        ``monitor.model.speaker_encoders``).
 
         ``device``: auto (CUDA when present), cpu, cuda, cuda:1; ``precision``:
         auto, fp32, bf16, fp16, int8. ``batch_size``: segments embedded
@@ -200,7 +204,7 @@ class MoodModel:
         if patient is not None:
             instance.baseline = _checked_baseline(_patient_baseline(patient, bundle.model_id, db), bundle.model_id,
                                                   instance.model)
-            instance.speakers = _attributor(patient, clinician, db, instance.device)
+            instance.speakers = _attributor(patient, clinician, db, instance.device, speaker_encoder)
         elif baseline is not None:
             instance.baseline = _checked_baseline(instance._baseline_from(baseline), bundle.model_id,
                                                   instance.model)
@@ -674,24 +678,22 @@ def _checked_baseline(baseline: SpeakerBaseline | None, model_id: str, model: Em
     return baseline
 
 
-def _attributor(patient: str, clinician: str | None, db: PathLike | None, device: str) -> SpeakerAttributor | None:
+def _attributor(patient: str, clinician: str | None, db: PathLike | None, device: str,
+                speaker_encoder: str) -> SpeakerAttributor | None:
     """The live monitor's attribution for this patient (and clinician), or None when no voiceprint is stored."""
     from monitor.history.store import open_existing
-    from monitor.model.voiceprint import RESEMBLYZER_NAME
+    from monitor.options import stored_attributor
 
     with open_existing(None if db is None else os.fspath(db)) as store:
-        patient_print = store.voiceprint("patient", patient, RESEMBLYZER_NAME)
-        clinician_print = None if clinician is None else store.voiceprint("clinician", clinician, RESEMBLYZER_NAME)
-    if clinician is not None and clinician_print is None:
-        raise LookupError(f"clinician {clinician!r} has no voiceprint in the store; enrol them first "
-                          "(mood-monitor --clinician ID --enroll-clinician FILE)")
-    return _attributor_from((patient_print, clinician_print), device) if patient_print is not None else None
+        return stored_attributor(store, patient, clinician, speaker_encoder, device, count="all")
 
 
 def _attributor_from(voiceprints: tuple[Any, Any], device: str) -> SpeakerAttributor:
-    from monitor.model.voiceprint import ResemblyzerEncoder
+    from monitor.model.speaker_encoders import choice_for
+    from monitor.options import speaker_encoder
 
-    return SpeakerAttributor(ResemblyzerEncoder(device=device), voiceprints[0], voiceprints[1])
+    return SpeakerAttributor(speaker_encoder(choice_for(voiceprints[0].encoder), device), voiceprints[0],
+                             voiceprints[1])
 
 
 def _patient_baseline(patient: str, model_id: str, db: PathLike | None) -> SpeakerBaseline:

@@ -26,8 +26,9 @@ from monitor.history.target import add_db_argument, store_target
 from monitor.live.heatmap import HeatmapConfig
 from monitor.live.worker import WorkerConfig
 from monitor.options import (EXIT_ENDED_EARLY, EXIT_INTERRUPTED, EXIT_NOT_STORED, EXIT_OK, EXIT_SETUP,
-                             add_heatmap_arguments, add_model_arguments, add_server_arguments, add_vad_arguments,
-                             configs_from_args, open_source, speaker_encoder)
+                             add_heatmap_arguments, add_model_arguments, add_server_arguments,
+                             add_speaker_arguments, add_vad_arguments, configs_from_args, open_source, speaker_encoder,
+                             stored_attributor)
 
 if TYPE_CHECKING:  # the heavy modules (torch, the store) load only when a session starts, so --help is quick
     import numpy as np
@@ -131,11 +132,7 @@ def _add_store_arguments(p: argparse.ArgumentParser) -> None:
     voices.add_argument("--enroll-clinician", metavar="FILE",
                         help="with --clinician: record FILE (30-60 s of the clinician's speech) as their voiceprint, "
                              "then exit unless --input is also given; every session naming --clinician ID reuses it")
-    voices.add_argument("--count", choices=["patient", "all"], default="all",
-                        help="all: every voice counts, each point labelled patient/clinician/unknown when the patient "
-                             "has a voiceprint (default, because today's speaker encoder leaves most of a patient's "
-                             "emotional speech 'unknown': docs/store.md); patient: only segments in the patient's "
-                             "voice go into the heat map, summaries and store")
+    add_speaker_arguments(voices)
 
     out = p.add_argument_group("outputs")
     out.add_argument("--jsonl", metavar="PATH", help="write one JSON object per point to PATH ('-' = stdout)")
@@ -214,7 +211,7 @@ def _prepare(args: argparse.Namespace, vad: VadConfig, worker: WorkerConfig) -> 
             store.set_baseline(args.patient, baseline.to_json(), bundle.model_id)
             kept = "baseline and voiceprint"
             try:
-                _enroll_voice(store, "patient", args.patient, segments, args.enroll, str(device))
+                _enroll_voice(store, "patient", args.patient, segments, args.enroll, args.speaker_encoder, str(device))
             except SpeakerEncoderError as exc:  # the baseline is what calibration needs; a voiceprint is extra
                 log.warning("no voiceprint taken for patient %s (%s); every voice will count", args.patient, exc)
                 kept = "baseline"
@@ -225,7 +222,8 @@ def _prepare(args: argparse.Namespace, vad: VadConfig, worker: WorkerConfig) -> 
         if args.enroll_clinician:
             assert store is not None  # refused while parsing
             segments = [s.audio for s in segment_file(args.enroll_clinician, vad)]
-            _enroll_voice(store, "clinician", args.clinician, segments, args.enroll_clinician, str(device))
+            _enroll_voice(store, "clinician", args.clinician, segments, args.enroll_clinician, args.speaker_encoder,
+                          str(device))
             print(f"clinician {args.clinician} enrolled; later sessions with --clinician {args.clinician} use "
                   "this voiceprint", file=sys.stderr)
         enrolling = bool(args.enroll or args.enroll_clinician)
@@ -240,33 +238,25 @@ def _prepare(args: argparse.Namespace, vad: VadConfig, worker: WorkerConfig) -> 
 
 
 def _enroll_voice(store: Store, role: str, owner: str, segments: Sequence[np.ndarray], source: str,
-                  device: str) -> None:
+                  encoder: str, device: str) -> None:
     """Take and keep a voiceprint from enrolment segments (biometric: only in the 0600 store)."""
     from monitor.model.enrolment import enroll_voice
 
-    voiceprint = enroll_voice(speaker_encoder(device), segments, source=Path(source).name)
+    voiceprint = enroll_voice(speaker_encoder(encoder, device), segments, source=Path(source).name)
     store.set_voiceprint(role, owner, voiceprint)
 
 
 def _speaker_attributor(args: argparse.Namespace, store: Store | None, device: str) -> SpeakerAttributor | None:
     """The session's attribution when the patient has a voiceprint in the store; None: every voice counts."""
-    from monitor.live.speakers import SpeakerAttributor
-    from monitor.model.voiceprint import RESEMBLYZER_NAME
-
     if store is None or not args.patient:
         if args.clinician:
             log.warning("--clinician %s is not used: without --patient and a store there is no patient voiceprint "
                         "to tell the voices apart; every voice counts", args.clinician)
         return None
-    patient = store.voiceprint("patient", args.patient, RESEMBLYZER_NAME)
-    clinician = store.voiceprint("clinician", args.clinician, RESEMBLYZER_NAME) if args.clinician else None
-    if args.clinician and clinician is None:
-        raise _SetupError(f"clinician {args.clinician} has no voiceprint in {store.path}; enrol them once with "
-                          f"--clinician {args.clinician} --enroll-clinician FILE")
-    if patient is None:
-        log.info("patient %s has no voiceprint (enrol with --enroll): every voice counts", args.patient)
-        return None
-    return SpeakerAttributor(speaker_encoder(device), patient, clinician, count=args.count)
+    try:
+        return stored_attributor(store, args.patient, args.clinician, args.speaker_encoder, device, args.count)
+    except LookupError as exc:
+        raise _SetupError(f"{exc} ({store.path})") from exc
 
 
 def _check_compute(requested: str) -> None:

@@ -7,6 +7,7 @@ One definition of each flag: ``mood-monitor`` (one room), ``mood-monitor serve``
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import TYPE_CHECKING
 
 from monitor.audio.segmenter import VadConfig
@@ -15,7 +16,11 @@ from monitor.live.worker import WorkerConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from monitor.audio.sources import AudioSource
+    from monitor.history.store import Store
+    from monitor.live.speakers import SpeakerAttributor
     from monitor.model.voiceprint import SpeakerEncoder
+
+log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_ENDED_EARLY, EXIT_SETUP, EXIT_NOT_STORED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -110,13 +115,56 @@ def open_source(args: argparse.Namespace, frame_ms: int) -> AudioSource:
     return MicrophoneSource(device=device, frame_ms=frame_ms)
 
 
-_ENCODERS: dict[str, SpeakerEncoder] = {}
+_ENCODERS: dict[tuple[str, str], SpeakerEncoder] = {}
 
 
-def speaker_encoder(device: str) -> SpeakerEncoder:
-    """The speaker encoder (loaded once per process and device: enrolment and the session share it)."""
-    from monitor.model.voiceprint import ResemblyzerEncoder
+def add_speaker_arguments(voices: argparse._ArgumentGroup) -> None:
+    """Whose voice counts, and the encoder that tells voices apart (the monitor and the clinic's server)."""
+    from monitor.model.speaker_encoders import DEFAULT_SPEAKER_ENCODER, SPEAKER_ENCODER_HELP
 
-    if device not in _ENCODERS:
-        _ENCODERS[device] = ResemblyzerEncoder(device=device)
-    return _ENCODERS[device]
+    voices.add_argument("--count", choices=["patient", "all"], default="all",
+                        help="all: every voice counts, each point labelled patient/clinician/unknown when the patient "
+                             "has a voiceprint (default, because the speaker encoder still leaves much of a patient's "
+                             "emotional speech 'unknown': docs/store.md); patient: only segments in the patient's "
+                             "voice go into the heat map, summaries and store")
+    voices.add_argument("--speaker-encoder", default=DEFAULT_SPEAKER_ENCODER, metavar="NAME",
+                        help=SPEAKER_ENCODER_HELP + f" (default: {DEFAULT_SPEAKER_ENCODER})")
+
+
+def speaker_encoder(choice: str, device: str) -> SpeakerEncoder:
+    """The speaker encoder (loaded once per process, choice and device: enrolment and the session share it)."""
+    from monitor.model.speaker_encoders import load_speaker_encoder
+
+    if (choice, device) not in _ENCODERS:
+        _ENCODERS[(choice, device)] = load_speaker_encoder(choice, device=device)
+    return _ENCODERS[(choice, device)]
+
+
+def stored_attributor(store: Store, patient: str, clinician: str | None, choice: str, device: str,
+                      count: str) -> SpeakerAttributor | None:
+    """The session's speaker attribution from the voiceprints in the store; None: every voice counts.
+
+    A clinician named without a voiceprint is an error (their speech would be counted as unknown while the
+    user believes it is told apart); a patient without one for this encoder is not: the session runs and says
+    that every voice counts, and the log says when a voiceprint from another encoder is what is missing.
+    """
+    from monitor.live.speakers import SpeakerAttributor
+    from monitor.model.speaker_encoders import encoder_name
+
+    name = encoder_name(choice)
+    patient_print = store.voiceprint("patient", patient, name)
+    clinician_print = store.voiceprint("clinician", clinician, name) if clinician else None
+    if clinician and clinician_print is None:
+        raise LookupError(f"clinician {clinician} has no {name} voiceprint in the store"
+                          f"{_other_encoders(store, 'clinician', clinician)}; enrol them with "
+                          f"--clinician {clinician} --enroll-clinician FILE")
+    if patient_print is None:
+        log.warning("patient %s has no %s voiceprint%s: every voice counts (enrol with --enroll)", patient, name,
+                    _other_encoders(store, "patient", patient))
+        return None
+    return SpeakerAttributor(speaker_encoder(choice, device), patient_print, clinician_print, count=count)
+
+
+def _other_encoders(store: Store, role: str, owner: str) -> str:
+    others = store.voiceprint_encoders(role, owner)
+    return f" (only from {', '.join(others)}: enrol again, or pass --speaker-encoder to match)" if others else ""

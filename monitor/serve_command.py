@@ -26,7 +26,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Sequence
 
 from monitor.options import (EXIT_OK, EXIT_SETUP, add_heatmap_arguments, add_model_arguments, add_server_arguments,
-                             add_vad_arguments, configs_from_args)
+                             add_speaker_arguments, add_vad_arguments, configs_from_args, stored_attributor)
 from monitor.history.target import add_db_argument, namespace_target
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how long a session waits for its room to reconnect before it ends (default: 120)")
     limits.add_argument("--max-session-hours", type=float, default=4.0, metavar="H",
                         help="a session is ended after this long (default: 4)")
-    limits.add_argument("--count", choices=["patient", "all"], default="all",
-                        help="whose voice counts when the patient has a voiceprint (as for mood-monitor --count)")
+    add_speaker_arguments(p.add_argument_group("whose voice counts (with the patient's voiceprint, as in the "
+                                               "one-room monitor)"))
     add_model_arguments(p)
     add_vad_arguments(p)
     add_heatmap_arguments(p)
@@ -94,6 +94,7 @@ class RoomSessionFactory:
         self.shared = shared
         self.store = store
         self.count = args.count
+        self.speaker_encoder = args.speaker_encoder
         self.vad, self.worker, self.heatmap = configs_from_args(args)
 
     def __call__(self, hello: RoomHello, clinician: Clinician, source: PushedAudioSource) -> MonitorPipeline:
@@ -123,18 +124,15 @@ class RoomSessionFactory:
 
     def _attributor(self, hello: RoomHello) -> SpeakerAttributor | None:
         """Speaker attribution when the patient has a voiceprint (as in the one-room monitor)."""
-        from monitor.options import speaker_encoder
-        from monitor.live.speakers import SpeakerAttributor
-        from monitor.model.voiceprint import RESEMBLYZER_NAME
-
         if self.store is None:
             return None
-        patient = self.store.voiceprint("patient", hello.patient, RESEMBLYZER_NAME)
-        if patient is None:
-            return None
-        clinician = (self.store.voiceprint("clinician", hello.clinician, RESEMBLYZER_NAME)
-                     if hello.clinician else None)
-        return SpeakerAttributor(speaker_encoder(self.shared.device), patient, clinician, count=self.count)
+        try:
+            return stored_attributor(self.store, hello.patient, hello.clinician, self.speaker_encoder,
+                                     self.shared.device, self.count)
+        except LookupError as exc:  # a room cannot be asked to enrol: tell the log, use the patient's alone
+            log.warning("room %s: %s; the patient's voiceprint alone tells the voices apart", hello.room, exc)
+            return stored_attributor(self.store, hello.patient, None, self.speaker_encoder, self.shared.device,
+                                     self.count)
 
 
 def load_clinic_model(args: argparse.Namespace) -> ClinicModel:

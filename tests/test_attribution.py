@@ -124,3 +124,32 @@ def test_config_is_validated():
         AttributionConfig(threshold=1.5)
     with pytest.raises(ValueError):
         AttributionConfig(margin=-0.1)
+
+
+def test_with_both_voices_enrolled_the_pair_threshold_is_the_floor():
+    """Two known voices: a lower floor than the one-voice threshold, and the margin between them decides."""
+    cfg = AttributionConfig(threshold=0.6, margin=0.1, min_seconds=1.0, pair_threshold=0.3)
+    assert cfg.floor == 0.3 and CFG.floor == CFG.threshold  # without a pair threshold: the threshold
+    a = decide(0.45, 0.05, 3.0, cfg)
+    assert (a.speaker, a.reason) == (PATIENT, "match")  # below 0.6, but clearly the patient of the two
+    assert decide(0.45, None, 3.0, cfg).speaker == UNKNOWN  # alone, 0.45 is not enough
+    assert decide(0.05, 0.42, 3.0, cfg).speaker == CLINICIAN
+    assert decide(0.25, 0.05, 3.0, cfg).reason == "below_threshold"  # a third voice: under the floor for both
+    assert decide(0.45, 0.40, 3.0, cfg).reason == "ambiguous"
+    with pytest.raises(ValueError, match="pair_threshold"):
+        AttributionConfig(pair_threshold=-2.0)
+
+
+def test_settings_are_calibrated_per_encoder_and_an_unknown_encoder_is_refused():
+    from calibration.attribution import CALIBRATED
+
+    assert set(CALIBRATED) >= {"ecapa-voxceleb", "resemblyzer-ge2e"}
+    assert AttributionConfig.calibrated("ecapa-voxceleb") is CALIBRATED["ecapa-voxceleb"]
+    with pytest.raises(VoiceprintError, match="no attribution settings"):
+        AttributionConfig.calibrated("fake-encoder")
+    # attribute() without a config uses the voiceprints' encoder's calibrated settings
+    patient = print_of(unit(1, 0, 0), encoder="ecapa-voxceleb")
+    got = attribute(np.stack([unit(1, 0.05, 0), unit(0, 0, 1)]), [3.0, 3.0], patient)
+    assert [a.speaker for a in got] == [PATIENT, UNKNOWN]
+    with pytest.raises(VoiceprintError, match="no attribution settings"):
+        attribute(unit(1, 0, 0), 3.0, print_of(unit(1, 0, 0)))

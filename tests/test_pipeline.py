@@ -216,13 +216,14 @@ class AlternatingEncoder:
 @pytest.mark.parametrize("count", ["patient", "all"])
 def test_only_counted_points_reach_the_heat_map(tmp_path, count):
     """Issue 14: with a patient voiceprint, another voice's point is passed on labelled but not mapped."""
-    from calibration.attribution import Voiceprint
+    from calibration.attribution import AttributionConfig, Voiceprint
     from monitor.live.speakers import SpeakerAttributor
 
     parts = [("silence", 0.5)] + [("speech", 1.5), ("silence", 1.0)] * 4
     path, _ = replay_file(tmp_path, parts)
     speakers = SpeakerAttributor(AlternatingEncoder(), Voiceprint(np.array([1.0, 0.0]), 1, 10.0, "alternating", "1"),
-                                 Voiceprint(np.array([0.0, 1.0]), 1, 10.0, "alternating", "1"), count=count)
+                                 Voiceprint(np.array([0.0, 1.0]), 1, 10.0, "alternating", "1"), count=count,
+                                 config=AttributionConfig(threshold=0.86, margin=0.05, min_seconds=1.0))
     cfg = MonitorConfig(heatmap=HeatmapConfig(smoothing_sigma=0), status_interval_s=0.05)
     sink = ListSink()
     summary = MonitorPipeline(FileSource(path, realtime=False), LoudnessModel(), Projector(DiagonalReducer(), LABELS),

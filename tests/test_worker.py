@@ -129,12 +129,13 @@ class FakeEncoder:
 
 
 def _attributor(fail: bool = False):
-    from calibration.attribution import Voiceprint
+    from calibration.attribution import AttributionConfig, Voiceprint
     from monitor.live.speakers import SpeakerAttributor
 
     patient = Voiceprint(np.array([1.0, 0.0]), 1, 10.0, "fake-encoder", "1")
     clinician = Voiceprint(np.array([0.0, 1.0]), 1, 10.0, "fake-encoder", "1")
-    return SpeakerAttributor(FakeEncoder(fail), patient, clinician)
+    return SpeakerAttributor(FakeEncoder(fail), patient, clinician,
+                             config=AttributionConfig(threshold=0.86, margin=0.05, min_seconds=1.0))
 
 
 def long_seg(i: int, value: float) -> Segment:
@@ -175,3 +176,6 @@ def test_voiceprints_from_another_encoder_are_refused():
 
     with pytest.raises(VoiceprintError, match="enrol again"):
         SpeakerAttributor(FakeEncoder(), Voiceprint(np.array([1.0, 0.0]), 1, 10.0, "resemblyzer-ge2e"))
+    # an encoder no settings were calibrated for: refused rather than run with another encoder's cosines
+    with pytest.raises(VoiceprintError, match="no attribution settings are calibrated"):
+        SpeakerAttributor(FakeEncoder(), Voiceprint(np.array([1.0, 0.0]), 1, 10.0, "fake-encoder", "1"))

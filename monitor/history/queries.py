@@ -269,6 +269,13 @@ def get_voiceprint(db: Backend, role: str, owner_id: str, encoder: str) -> dict[
     return None if row is None else dict(json.loads(row["voiceprint"]))
 
 
+def voiceprint_encoders(db: Backend, role: str, owner_id: str) -> list[str]:
+    """The speaker encoders this patient or clinician has a voiceprint from."""
+    rows = db.conn.execute("SELECT encoder FROM voiceprints WHERE role = ? AND owner_id = ? ORDER BY encoder",
+                           (role, owner_id)).fetchall()
+    return [str(r["encoder"]) for r in rows]
+
+
 def session_speaker_seconds(db: Backend, session_id: str) -> dict[str, float] | None:
     """The session's speech time per attributed voice, or None (not attributed, or still running)."""
     row = db.conn.execute("SELECT speaker_seconds FROM sessions WHERE id = ?",

@@ -228,6 +228,10 @@ class Store:
         data = queries.get_voiceprint(self.db, role, owner_id, encoder)
         return None if data is None else Voiceprint.from_json(data)
 
+    def voiceprint_encoders(self, role: str, owner_id: str) -> list[str]:
+        """The speaker encoders this patient or clinician has a voiceprint from (to say why one is missing)."""
+        return queries.voiceprint_encoders(self.db, role, owner_id)
+
     def speaker_seconds(self, session_id: str) -> dict[str, float] | None:
         """A finished session's speech time per attributed voice (None: not attributed)."""
         return queries.session_speaker_seconds(self.db, session_id)

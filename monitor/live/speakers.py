@@ -7,9 +7,9 @@ defaults; this module only binds it to a speaker encoder, the session's
 enrolled voiceprints and the counting policy:
 
 - ``count="all"`` (the default): every voice counts, each point labelled. The
-  shipped speaker encoder leaves most emotional speech of a patient ``unknown``
-  (docs/store.md), so counting the patient only would drop the moments that
-  sound least like the intake.
+  shipped speaker encoder still leaves about two fifths of a patient's emotional
+  speech ``unknown`` (docs/store.md), so counting the patient only would drop
+  the moments that sound least like the intake.
 - ``count="patient"`` (``--count patient``): only points attributed to the
   patient go into the heat map, the summaries and the store; the clinician's and
   unknown points still reach JSONL and the dashboard, labelled, so what was
@@ -19,7 +19,7 @@ enrolled voiceprints and the counting policy:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -46,7 +46,8 @@ class SpeakerAttributor:
     encoder: SpeakerEncoder
     patient: Voiceprint
     clinician: Voiceprint | None = None
-    config: AttributionConfig = field(default_factory=AttributionConfig)
+    #: The rule's settings; None: those calibrated for the encoder (``AttributionConfig.calibrated``).
+    config: AttributionConfig | None = None
     count: str = COUNT_ALL
     #: Batches whose voiceprints failed (their segments became unknown, never the patient's).
     failed_batches: int = 0
@@ -64,6 +65,7 @@ class SpeakerAttributor:
             if print_.encoder_version and print_.encoder_version != self.encoder.version:
                 log.warning("the %s's voiceprint was made by %s, the encoder now is %s; scores may drift",
                             role, print_.encoder_version, self.encoder.version)
+        self.rule = self.config or AttributionConfig.calibrated(self.encoder.name)
 
     def __call__(self, waves: Sequence[np.ndarray]) -> list[Attribution]:
         """One attribution per waveform; if the encoder fails, every segment of the batch is unknown."""
@@ -72,7 +74,7 @@ class SpeakerAttributor:
         seconds = [len(w) / SAMPLE_RATE for w in waves]
         try:
             embeddings = self.encoder.embed(list(waves))
-            return attribute(embeddings, seconds, self.patient, self.clinician, self.config)
+            return attribute(embeddings, seconds, self.patient, self.clinician, self.rule)
         except Exception as exc:  # noqa: BLE001 - a voiceprint failure must not cost the emotion point
             self.failed_batches += 1
             log.warning("speaker attribution failed for %d segment(s), marked unknown: %s", len(waves), exc)
@@ -89,16 +91,17 @@ class SpeakerAttributor:
             "patient": True,
             "clinician": self.clinician is not None,
             "encoder": self.encoder.name,
-            "threshold": self.config.threshold,
-            "margin": self.config.margin,
-            "min_seconds": self.config.min_seconds,
+            "threshold": self.rule.threshold,
+            "pair_threshold": self.rule.floor if self.clinician is not None else None,
+            "margin": self.rule.margin,
+            "min_seconds": self.rule.min_seconds,
         }
 
 
 def not_attributing() -> dict[str, object]:
     """The same description for a session without a patient voiceprint: every voice counts."""
     return {"counting": COUNT_ALL, "patient": False, "clinician": False, "encoder": None, "threshold": None,
-            "margin": None, "min_seconds": None}
+            "pair_threshold": None, "margin": None, "min_seconds": None}
 
 
 def empty_speaker_seconds() -> dict[str, float]:

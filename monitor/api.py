@@ -389,7 +389,8 @@ class MoodModel:
             return _Prepared(job, [(t0, t1)] if len(piece) else [], [piece] if len(piece) else [], (t0, t1))
         spans, waves = [], []
         end_of_piece = len(piece) / SAMPLE_RATE
-        for s in segment_signal(piece, self.vad):  # the last frame is zero-padded: end at the audio's end
+        splitter = self.speakers.cut_points if self.speakers is not None and self.speakers.cuts_turns else None
+        for s in segment_signal(piece, self.vad, splitter):  # the last frame is zero-padded: end at the audio's end
             spans.append((t0 + s.t_start, t0 + min(s.t_end, end_of_piece)))
             waves.append(s.audio)
         return _Prepared(job, spans, waves, (t0, t1))

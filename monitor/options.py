@@ -122,11 +122,12 @@ def add_speaker_arguments(voices: argparse._ArgumentGroup) -> None:
     """Whose voice counts, and the encoder that tells voices apart (the monitor and the clinic's server)."""
     from monitor.model.speaker_encoders import DEFAULT_SPEAKER_ENCODER, SPEAKER_ENCODER_HELP
 
-    voices.add_argument("--count", choices=["patient", "all"], default="all",
-                        help="all: every voice counts, each point labelled patient/clinician/unknown when the patient "
-                             "has a voiceprint (default, because the speaker encoder still leaves much of a patient's "
-                             "emotional speech 'unknown': docs/store.md); patient: only segments in the patient's "
-                             "voice go into the heat map, summaries and store")
+    voices.add_argument("--count", choices=["auto", "patient", "all"], default="auto",
+                        help="whose points go into the heat map, summaries and store when the patient has a "
+                             "voiceprint. patient: only segments in the patient's voice (the others are still shown, "
+                             "labelled, and never stored as the patient's); all: every voice, each point labelled; "
+                             "auto (default): patient when the clinician is enrolled too and the speaker encoder tells "
+                             "two known voices apart well enough (ecapa: docs/store.md), otherwise all")
     voices.add_argument("--speaker-encoder", default=DEFAULT_SPEAKER_ENCODER, metavar="NAME",
                         help=SPEAKER_ENCODER_HELP + f" (default: {DEFAULT_SPEAKER_ENCODER})")
 
@@ -148,6 +149,7 @@ def stored_attributor(store: Store, patient: str, clinician: str | None, choice:
     user believes it is told apart); a patient without one for this encoder is not: the session runs and says
     that every voice counts, and the log says when a voiceprint from another encoder is what is missing.
     """
+    from calibration.attribution import COUNTS_PATIENT_ONLY
     from monitor.live.speakers import SpeakerAttributor
     from monitor.model.speaker_encoders import encoder_name
 
@@ -162,6 +164,8 @@ def stored_attributor(store: Store, patient: str, clinician: str | None, choice:
         log.warning("patient %s has no %s voiceprint%s: every voice counts (enrol with --enroll)", patient, name,
                     _other_encoders(store, "patient", patient))
         return None
+    if count == "auto":  # with one voice enrolled, most of a patient's emotional speech is left unknown
+        count = "patient" if clinician_print is not None and name in COUNTS_PATIENT_ONLY else "all"
     return SpeakerAttributor(speaker_encoder(choice, device), patient_print, clinician_print, count=count)
 
 

@@ -153,3 +153,18 @@ def test_settings_are_calibrated_per_encoder_and_an_unknown_encoder_is_refused()
     assert [a.speaker for a in got] == [PATIENT, UNKNOWN]
     with pytest.raises(VoiceprintError, match="no attribution settings"):
         attribute(unit(1, 0, 0), 3.0, print_of(unit(1, 0, 0)))
+
+
+def test_speaker_change_cuts_need_a_flip_between_the_voices():
+    from calibration.attribution import CHANGE_WINDOW_S, change_windows, speaker_change_cuts
+
+    starts = change_windows(8.0)  # windows of 1.6 s every 0.4 s
+    assert len(change_windows(3.1)) == 0 and len(starts) == 17
+    lean = np.where(starts + CHANGE_WINDOW_S / 2 < 4.0, 0.4, -0.4)  # patient, then clinician
+    (cut,) = speaker_change_cuts(starts, lean)
+    assert 3.2 <= cut <= 4.8
+    assert speaker_change_cuts(starts, np.full(len(starts), 0.4)) == []  # one voice throughout
+    assert speaker_change_cuts(starts, lean * 0.2) == []  # leans too weak (0.08 < 0.15): no cut
+    three = np.select([starts < 2.0, starts < 4.4], [0.5, -0.5], 0.5)  # patient, clinician, patient again
+    cuts = speaker_change_cuts(starts, three)
+    assert len(cuts) == 2 and cuts[1] - cuts[0] >= CHANGE_WINDOW_S

@@ -97,3 +97,44 @@ def test_wrong_frame_length_is_refused():
     seg = VadSegmenter(VadConfig(frame_ms=30))
     with pytest.raises(ValueError, match="480-sample"):
         seg.push(AudioFrame(np.zeros(320, dtype=np.int16), 0.0))
+
+
+def test_a_splitter_cuts_a_segment_into_consecutive_segments_that_tile_it():
+    """Speaker changes: the splitter's cuts become segment boundaries; every piece gets the next index."""
+    audio, _ = speech_timeline([("silence", 0.5), ("speech", 3.0), ("silence", 1.0), ("speech", 5.0),
+                                ("silence", 1.0)])
+    whole, _ = segment(audio)
+    seen: list[float] = []
+
+    def splitter(wave: np.ndarray) -> list[float]:
+        seconds = len(wave) / SAMPLE_RATE
+        seen.append(seconds)
+        return [1.6, 3.2] if seconds > 4.0 else []  # cut only the long one, twice
+
+    seg = VadSegmenter(VadConfig(), splitter)
+    cut = [s for frame in frames_of(audio) for s in seg.push(frame)] + seg.flush()
+    assert len(whole) == 2 and len(cut) == 4 and seg.turn_cuts == 2
+    assert [s.index for s in cut] == [0, 1, 2, 3]
+    assert seen == pytest.approx([s.duration for s in whole], abs=1e-6)  # the splitter sees each closed segment
+    assert (cut[0].t_start, cut[0].t_end) == (whole[0].t_start, whole[0].t_end)  # the short one, whole
+    long_pieces = cut[1:]
+    assert long_pieces[0].t_start == whole[1].t_start and long_pieces[-1].t_end == whole[1].t_end
+    for a, b in pairwise(long_pieces):
+        assert b.t_start == pytest.approx(a.t_end, abs=1e-9)
+    assert [round(p.t_start - whole[1].t_start, 6) for p in long_pieces] == [0.0, 1.6, 3.2]
+    np.testing.assert_array_equal(np.concatenate([p.audio for p in long_pieces]), whole[1].audio)
+    assert seg.speech_seconds == pytest.approx(sum(s.duration for s in whole))
+
+
+def test_a_failing_or_careless_splitter_never_loses_speech():
+    audio, _ = speech_timeline([("silence", 0.5), ("speech", 5.0), ("silence", 1.0)])
+    (whole,), _ = segment(audio)
+
+    def broken(wave):
+        raise RuntimeError("encoder broke")
+
+    for splitter, pieces in ((broken, 1), (lambda w: [-1.0, 2.0, 2.0, 99.0], 2)):  # out of range, repeated
+        seg = VadSegmenter(VadConfig(), splitter)
+        cut = [s for frame in frames_of(audio) for s in seg.push(frame)] + seg.flush()
+        assert len(cut) == pieces
+        np.testing.assert_array_equal(np.concatenate([p.audio for p in cut]), whole.audio)

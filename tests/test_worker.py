@@ -179,3 +179,22 @@ def test_voiceprints_from_another_encoder_are_refused():
     # an encoder no settings were calibrated for: refused rather than run with another encoder's cosines
     with pytest.raises(VoiceprintError, match="no attribution settings are calibrated"):
         SpeakerAttributor(FakeEncoder(), Voiceprint(np.array([1.0, 0.0]), 1, 10.0, "fake-encoder", "1"))
+
+
+def test_a_segment_holding_both_voices_is_cut_where_the_voice_changes():
+    """With both voices enrolled: 3 s in the patient's voice then 3 s in the clinician's, cut near 3 s;
+    one voice throughout, a short segment, or only the patient enrolled: no cut."""
+    from calibration.attribution import AttributionConfig, Voiceprint
+    from monitor.live.speakers import SpeakerAttributor
+
+    speakers = _attributor()
+    assert speakers.cuts_turns
+    turn = np.concatenate([np.full(48000, 0.1), np.full(48000, 0.3)]).astype(np.float32)
+    (cut,) = speakers.cut_points(turn)
+    assert abs(cut - 3.0) <= 0.4 + 1e-9  # the windows are 0.4 s apart
+    assert speakers.cut_points(np.full(96000, 0.1, np.float32)) == []
+    assert speakers.cut_points(turn[40000:80000]) == []  # 2.5 s: shorter than two windows
+    alone = SpeakerAttributor(FakeEncoder(), Voiceprint(np.array([1.0, 0.0]), 1, 10.0, "fake-encoder", "1"),
+                              config=AttributionConfig(threshold=0.86))
+    assert not alone.cuts_turns and alone.cut_points(turn) == []
+    assert _attributor(fail=True).cut_points(turn) == []  # a failing encoder keeps the segment whole

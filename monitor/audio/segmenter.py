@@ -16,7 +16,7 @@ import time
 from collections import deque
 from itertools import chain
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,10 +68,18 @@ class VadConfig:
         return SAMPLE_RATE * self.frame_ms // 1000
 
 
-class VadSegmenter:
-    """Stateful: feed frames with ``push``; call ``flush`` at the end of the stream."""
+#: Where to cut a closed segment, in seconds from its start (``SpeakerAttributor.cut_points``: where the voice
+#: changes from one enrolled speaker to the other).
+Splitter = Callable[[np.ndarray], Sequence[float]]
 
-    def __init__(self, config: VadConfig | None = None):
+
+class VadSegmenter:
+    """Stateful: feed frames with ``push``; call ``flush`` at the end of the stream.
+
+    splitter: cuts each closed segment into pieces (each its own segment and index); None keeps them whole.
+    """
+
+    def __init__(self, config: VadConfig | None = None, splitter: Splitter | None = None):
         import webrtcvad
 
         self.config = config or VadConfig()
@@ -90,6 +98,9 @@ class VadSegmenter:
         #: Segments the speech gate dropped, and their length.
         self.discarded_nonspeech = 0
         self.nonspeech_seconds = 0.0
+        self.splitter = splitter
+        #: Cuts the splitter made (speaker changes inside a segment).
+        self.turn_cuts = 0
 
     @property
     def speech_active(self) -> bool:
@@ -152,15 +163,34 @@ class VadSegmenter:
                 log.log(logging.INFO if n <= 3 or n % 100 == 0 else logging.DEBUG,
                         "%.1f-%.1f s is not speech (%s); skipped (%d so far)", t_start, t_end, verdict.reason, n)
                 return []
-        segment = Segment(index=self._next_index, t_start=t_start, t_end=t_end, audio=audio, closed_at=closed_at)
-        self._next_index += 1
         self.speech_seconds += t_end - t_start
-        return [segment]
+        cuts = self._cuts(audio)
+        self.turn_cuts += len(cuts)
+        edges = [0, *cuts, len(audio)]
+        out = []
+        for a, b in zip(edges[:-1], edges[1:], strict=True):
+            end = t_end if b == len(audio) else t_start + b / SAMPLE_RATE
+            out.append(Segment(index=self._next_index, t_start=t_start + a / SAMPLE_RATE, t_end=end, audio=audio[a:b],
+                               closed_at=closed_at))
+            self._next_index += 1
+        return out
+
+    def _cuts(self, audio: np.ndarray) -> list[int]:
+        """The splitter's cuts as sample offsets inside the segment; a failing splitter keeps it whole."""
+        if self.splitter is None:
+            return []
+        try:
+            seconds = self.splitter(audio)
+        except Exception as exc:  # noqa: BLE001 - a cut is an improvement: never lose the segment over one
+            log.warning("could not search the segment for speaker changes (kept whole): %s", exc)
+            return []
+        return sorted({n for n in (round(float(c) * SAMPLE_RATE) for c in seconds) if 0 < n < len(audio)})
 
 
-def segment_frames(frames: Iterable[AudioFrame], config: VadConfig | None = None) -> list[Segment]:
+def segment_frames(frames: Iterable[AudioFrame], config: VadConfig | None = None,
+                   splitter: Splitter | None = None) -> list[Segment]:
     """Every speech segment of a finite stream of frames, cut exactly as a live session cuts them."""
-    segmenter = VadSegmenter(config or VadConfig())
+    segmenter = VadSegmenter(config or VadConfig(), splitter)
     segments: list[Segment] = []
     for frame in frames:
         segments += segmenter.push(frame)
@@ -173,8 +203,10 @@ def segment_file(path: str | Path, config: VadConfig | None = None) -> list[Segm
     return segment_frames(FileSource(path, frame_ms=config.frame_ms, realtime=False).frames(), config)
 
 
-def segment_signal(signal: np.ndarray, config: VadConfig | None = None) -> list[Segment]:
+def segment_signal(signal: np.ndarray, config: VadConfig | None = None, splitter: Splitter | None = None
+                   ) -> list[Segment]:
     """A 16 kHz mono float32 signal's speech segments, as if it were replayed from a file."""
     config = config or VadConfig()
     chunker = FrameChunker(config.frame_samples)
-    return segment_frames(chain(chunker.push(np.asarray(signal, dtype=np.float32)), chunker.flush()), config)
+    return segment_frames(chain(chunker.push(np.asarray(signal, dtype=np.float32)), chunker.flush()), config,
+                          splitter)

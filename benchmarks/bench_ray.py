@@ -44,6 +44,7 @@ import numpy as np
 import soundfile as sf
 import torch
 from bench_pipeline import Collector  # the point sink the pipeline benchmark keeps
+from results import write_results
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "whisper"
@@ -244,10 +245,9 @@ def main(argv=None) -> int:
                        "load_seconds": args.load_seconds, "files": args.files,
                        "platform": platform.platform(), "torch": torch.__version__, "ray": ray.__version__}
     report["command"] = "python benchmarks/bench_ray.py " + " ".join(argv if argv is not None else [])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    args.table.write_text(markdown(report))
-    print(markdown(report))
+    table = markdown(report)
+    write_results(report, args.out, args.table, table)
+    print(table)
     return 0
 
 

@@ -24,7 +24,6 @@ Writes docs/benchmarks/speech_gate.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -34,6 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 from scipy.signal import lfilter
+from results import write_results
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 16_000
@@ -293,9 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     report = run(args.data_root, args.limit)
     report["command"] = "python benchmarks/bench_speech_gate.py" + (f" --limit {args.limit}" if args.limit else "")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    args.table.write_text(markdown(report))
+    write_results(report, args.out, args.table, markdown(report))
     print(f"wrote {args.out} and {args.table}")
     return 0
 

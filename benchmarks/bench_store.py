@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 from monitor.history.sink import StoreSink  # noqa: E402
 from monitor.history.store import Store  # noqa: E402
 from monitor.live.events import Point, SessionInfo  # noqa: E402
+from results import write_results  # noqa: E402
 
 
 def session(sid: str) -> SessionInfo:
@@ -195,10 +196,9 @@ def main() -> int:
             if server is not None:
                 server.destroy()
     report["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    args.table.write_text(markdown(report))
-    print(markdown(report))
+    table = markdown(report)
+    write_results(report, args.out, args.table, table)
+    print(table)
     return 0
 
 

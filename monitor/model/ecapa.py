@@ -125,11 +125,6 @@ class _TDNN(nn.Module):
         return out
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[B, C, 1]: mean over the valid frames (mask [B, 1, T] of 0/1)."""
-    return (x * mask).sum(dim=2, keepdim=True) / mask.sum(dim=2, keepdim=True)
-
-
 class _Res2Net(nn.Module):
     def __init__(self, channels: int, kernel: int, dilation: int, scale: int = 8):
         super().__init__()
@@ -152,8 +147,8 @@ class _SE(nn.Module):
         self.conv1 = _Conv(channels, se_channels)
         self.conv2 = _Conv(se_channels, channels)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        s = torch.sigmoid(self.conv2(torch.relu(self.conv1(_masked_mean(x, mask)))))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = torch.sigmoid(self.conv2(torch.relu(self.conv1(x.mean(dim=2, keepdim=True)))))
         return s * x
 
 
@@ -166,9 +161,9 @@ class _SERes2NetBlock(nn.Module):
         self.se_block = _SE(cout)
         self.shortcut = _Conv(cin, cout) if cin != cout else None
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = self.shortcut(x) if self.shortcut is not None else x
-        out: torch.Tensor = self.se_block(self.tdnn2(self.res2net_block(self.tdnn1(x))), mask) + residual
+        out: torch.Tensor = self.se_block(self.tdnn2(self.res2net_block(self.tdnn1(x)))) + residual
         return out
 
 
@@ -184,11 +179,11 @@ class _AttentiveStatisticsPooling(nn.Module):
         std = torch.sqrt((weights * (x - mean.unsqueeze(2)).pow(2)).sum(dim=2).clamp(1e-12))
         return mean, std
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         steps = x.shape[-1]
-        mean, std = self._stats(x, mask / mask.sum(dim=2, keepdim=True))
+        mean, std = self._stats(x, torch.full_like(x[:, :1], 1.0 / steps))
         context = torch.cat([x, mean.unsqueeze(2).expand(-1, -1, steps), std.unsqueeze(2).expand(-1, -1, steps)], 1)
-        attention = self.conv(torch.tanh(self.tdnn(context))).masked_fill(mask == 0, float("-inf"))
+        attention = self.conv(torch.tanh(self.tdnn(context)))
         mean, std = self._stats(x, torch.softmax(attention, dim=2))
         return torch.cat((mean, std), dim=1).unsqueeze(2)
 
@@ -209,17 +204,15 @@ class EcapaTdnn(nn.Module):
         self.asp_bn = _BatchNorm(channels * 6)
         self.fc = _Conv(channels * 6, embedding)
 
-    def forward(self, feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        """feats [B, T, 80] (zero after each row's ``frames``) -> [B, 192]."""
-        x = feats.transpose(1, 2)
-        mask = (torch.arange(x.shape[-1], device=x.device)[None, :] < frames[:, None]).to(x.dtype).unsqueeze(1)
-        x = self.blocks[0](x)
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """feats [B, T, 80], every row T frames of its own segment (the encoder never pads) -> [B, 192]."""
+        x = self.blocks[0](feats.transpose(1, 2))
         outputs = []
         for block in self.blocks[1:]:
-            x = block(x, mask)
+            x = block(x)
             outputs.append(x)
         x = self.mfa(torch.cat(outputs, dim=1))
-        out: torch.Tensor = self.fc(self.asp_bn(self.asp(x, mask))).squeeze(2)
+        out: torch.Tensor = self.fc(self.asp_bn(self.asp(x))).squeeze(2)
         return out
 
 
@@ -307,11 +300,11 @@ class EcapaEncoder:
         by_length: dict[int, list[int]] = {}
         for i, f in enumerate(feats):
             by_length.setdefault(f.shape[0], []).append(i)
-        for frames, members in by_length.items():
+        for members in by_length.values():
             for start in range(0, len(members), self.max_batch):
                 idx = members[start:start + self.max_batch]
                 batch = torch.stack([feats[i] for i in idx])
-                emb = self._network(batch, torch.full((len(idx),), frames, device=self.device)).float()
+                emb = self._network(batch).float()
                 out[idx] = (emb / emb.norm(dim=1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
         return out
 

@@ -716,6 +716,7 @@ def pipeline_with_attribution(encoder: SpeakerEncoder, model: Any, clips: Sequen
     with and without attribution, alternated; the ratio of their throughputs is the figure."""
     import tempfile
 
+    import soundfile as sf
     from bench_pipeline import saturated_throughput
 
     from monitor.live.speakers import SpeakerAttributor
@@ -725,8 +726,6 @@ def pipeline_with_attribution(encoder: SpeakerEncoder, model: Any, clips: Sequen
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "session.wav"
         gap = np.zeros(SR, dtype=np.float32)
-        import soundfile as sf
-
         sf.write(str(wav), np.concatenate([x for c in clips for x in (read_audio(c.path), gap)]), SR)
         runs: dict[str, list[float]] = {"without": [], "with": []}
         for _ in range(rounds):

@@ -161,8 +161,9 @@ def stored_attributor(store: Store, patient: str, clinician: str | None, choice:
                           f"{_other_encoders(store, 'clinician', clinician)}; enrol them with "
                           f"--clinician {clinician} --enroll-clinician FILE")
     if patient_print is None:
-        log.warning("patient %s has no %s voiceprint%s: every voice counts (enrol with --enroll)", patient, name,
-                    _other_encoders(store, "patient", patient))
+        other = _other_encoders(store, "patient", patient)  # a voiceprint from another encoder: worth a warning
+        log.log(logging.WARNING if other else logging.INFO, "patient %s has no %s voiceprint%s: every voice "
+                "counts (enrol with --enroll)", patient, name, other)
         return None
     if count == "auto":  # with one voice enrolled, most of a patient's emotional speech is left unknown
         count = "patient" if clinician_print is not None and name in COUNTS_PATIENT_ONLY else "all"

@@ -74,7 +74,7 @@ def test_the_same_speaker_scores_higher_than_another(encoder, ravdess_dir):
     """Two male actors: a voiceprint from neutral speech, tested on their happy speech (normal intensity).
 
     (Shouted anger is the hard case: actor 01 scores 0.20 with his own voiceprint, 0.12 with 03's; the benchmark
-    measures that, docs/benchmarks/speakers.md.)
+    measures that, docs/benchmarks/speakers_quick.md.)
     """
     from monitor.audio.io import read_audio
     from monitor.model.voiceprint import voiceprint_of
